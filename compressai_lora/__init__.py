@@ -1,0 +1,39 @@
+"""compressai-lora: per-image low-rank decoder adaptation for CompressAI.
+
+Importing the package registers ``<arch>-lora`` models (``cheng2020-attn-lora``
+and the others) into CompressAI's model registry and zoo.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+import compressai
+
+_SUPPORTED = ((1, 2, 8), (1, 3, 0))  # compressai>=1.2.8,<1.3: we use its internals
+
+
+def _check_host_version() -> None:
+    found = compressai.__version__
+    try:
+        parts = tuple(int(p) for p in found.split("+")[0].split(".")[:3])
+    except ValueError:
+        parts = ()
+    if not (_SUPPORTED[0] <= parts < _SUPPORTED[1]):
+        raise ImportError(
+            f"compressai_lora needs compressai>=1.2.8,<1.3 (found {found}); "
+            "it relies on compressai internals that change between minor versions. "
+            'Install a supported version: pip install "compressai>=1.2.8,<1.3"'
+        )
+
+
+_check_host_version()
+
+from .models import *  # noqa: E402,F401,F403
+from .registry import register_models  # noqa: E402
+from .zoo import image_models, model_architectures  # noqa: E402,F401
+
+register_models()
+
+try:
+    __version__ = version("compressai-lora")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0+local"

@@ -1,0 +1,118 @@
+"""Settings of the per-image adaptation run inside ``compress()``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+__all__ = ["AdaptConfig", "LAMBDAS", "lmbda_for", "PRESETS"]
+
+#: CompressAI's training lambdas per quality level (mse / ms-ssim).
+LAMBDAS = {
+    "mse": (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800),
+    "ms-ssim": (2.40, 4.58, 8.73, 16.64, 31.73, 60.50, 115.37, 220.0),
+}
+
+
+def lmbda_for(quality: int, metric: str = "mse") -> float:
+    """Lambda of CompressAI's training table for ``quality`` and ``metric``."""
+    if metric not in LAMBDAS:
+        raise ValueError(f'Invalid metric "{metric}"')
+    if not 1 <= quality <= len(LAMBDAS[metric]):
+        raise ValueError(f'Invalid quality "{quality}", should be between (1, 8)')
+    return LAMBDAS[metric][quality - 1]
+
+
+@dataclass
+class AdaptConfig:
+    """How ``compress()`` adapts a ``-lora`` model to one image.
+
+    Phase 1 refines the latents (SGA), phase 2 learns the gated low-rank
+    decoder update; a final check on real coded costs sends the best of base,
+    refined-only and refined + update.
+
+    Args:
+        enabled: adapt in ``compress()``/eval ``forward()`` (False: host codec)
+        refine_steps: latent-refinement steps (0 skips phase 1)
+        adapt_steps: decoder-update steps (0 skips phase 2)
+        refine_lr: Adam learning rate of the latents
+        adapt_lr: Adam learning rate of the low-rank factors
+        gate_lr: Adam learning rate of the gate networks
+        gate_steps: phase-2 steps during which gates train (then frozen)
+        rank: rank of the decoder update
+        form: update form of the adapters ("separable" or "full")
+        step_code: quantization step of the factors, ``2 ** (-step_code / 4)``
+        lmbda: RD trade-off; None takes CompressAI's table for quality/metric
+        metric: distortion, "mse" or "ms-ssim"
+        seed: seed of every random choice (same seed, same bytes)
+        threads: torch threads while optimizing (None: all CPU cores)
+        patience: stop a phase after this many steps without a better loss
+            (0: never stop early)
+        callback: called with a dict (phase, step, loss, bpp, psnr, gates)
+            after every step, e.g. to drive a progress bar
+    """
+
+    enabled: bool = True
+    refine_steps: int = 200
+    adapt_steps: int = 200
+    refine_lr: float = 5e-3
+    adapt_lr: float = 2e-3
+    gate_lr: float = 1e-2
+    gate_steps: int = 50
+    rank: int = 2
+    form: str = "separable"
+    step_code: int = 24
+    lmbda: Optional[float] = None
+    metric: str = "mse"
+    seed: int = 0
+    threads: Optional[int] = None
+    patience: int = 50
+    callback: Optional[Callable[[dict[str, Any]], None]] = field(
+        default=None, compare=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("refine_steps", "adapt_steps", "gate_steps", "patience"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("refine_lr", "adapt_lr", "gate_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 1 <= self.rank <= 255:
+            raise ValueError(f"rank must be in [1, 255], got {self.rank}")
+        if not 0 <= self.step_code <= 255:
+            raise ValueError(f"step_code must be in [0, 255], got {self.step_code}")
+        if self.metric not in LAMBDAS:
+            raise ValueError(f'Invalid metric "{self.metric}"')
+        if self.lmbda is not None and not self.lmbda > 0:
+            raise ValueError(f"lmbda must be > 0, got {self.lmbda}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+    def replace(self, **changes: Any) -> "AdaptConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def preset(cls, name: str, **changes: Any) -> "AdaptConfig":
+        """A named preset (see ``PRESETS``), with optional overrides."""
+        if name not in PRESETS:
+            raise ValueError(f'Unknown preset "{name}", choose from {sorted(PRESETS)}')
+        return cls(**{**PRESETS[name], **changes})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Our CPU defaults.
+    "default": {},
+    # The paper's schedule: 2000 refinement + 2000 adaptation steps, r = 2.
+    "paper": {
+        "refine_steps": 2000,
+        "adapt_steps": 2000,
+        "rank": 2,
+        "gate_steps": 100,
+        "patience": 0,
+    },
+    # Quick and cheap, for previews and tests.
+    "fast": {"refine_steps": 50, "adapt_steps": 50, "gate_steps": 20, "patience": 20},
+}

@@ -1,0 +1,200 @@
+"""Low-rank adapter for a decoder convolution (Lv et al., ACM MM 2023).
+
+The adapter wraps a host ``nn.Conv2d`` or ``nn.ConvTranspose2d`` and adds a
+rank-``r`` update of its kernel.  Two update forms are available:
+
+* ``"separable"`` (default): ``dW[o, i] = sum_r B[o, r] A[r, i] K[r]`` where
+  ``K[r]`` is a ``kh x kw`` spatial kernel per rank component.  It costs
+  ``r * (C_in + C_out + kh * kw)`` numbers, a few more than a 1x1 update, and
+  contains both the 1x1 update at the centre tap (``K`` = centre impulse, its
+  initial value) and the reference code's broadcast onto all taps (``K`` = 1).
+* ``"full"``: ``dW = (B @ A).view(C_out, C_in, kh, kw)`` as in PEFT's conv
+  LoRA; ``A`` spans ``C_in * kh * kw`` so it costs about ``kh * kw`` times more.
+
+The factors are per-image state, not weights: they are non-persistent buffers,
+never part of ``state_dict()``, and the wrapped convolution keeps its host
+state-dict keys (``g_s.1.conv1.weight``), so host checkpoints load strictly.
+Nothing merges implicitly: ``merge()``/``unmerge()`` are explicit and
+``unmerge()`` restores the exact original weight.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from torch import Tensor
+
+__all__ = ["LoRAConv", "UPDATE_FORMS"]
+
+UPDATE_FORMS = ("separable", "full")
+
+
+class LoRAConv(nn.Module):
+    """Rank-``r`` adapter around a host convolution.
+
+    Args:
+        base: the convolution to adapt (``nn.Conv2d`` or ``nn.ConvTranspose2d``)
+        rank: rank of the update (default: 2, as in the paper)
+        form: ``"separable"`` or ``"full"`` (see the module docstring)
+    """
+
+    def __init__(self, base: nn.Module, rank: int = 2, form: str = "separable"):
+        super().__init__()
+        if not isinstance(base, (nn.Conv2d, nn.ConvTranspose2d)):
+            raise TypeError(f"LoRAConv wraps Conv2d/ConvTranspose2d, got {type(base)}")
+        if base.groups != 1 or base.padding_mode != "zeros":
+            raise ValueError("LoRAConv supports groups=1 and zero padding only")
+        if form not in UPDATE_FORMS:
+            raise ValueError(f'Invalid update form "{form}", choose from {UPDATE_FORMS}')
+        self.base = base
+        self.form = form
+        self.transposed = isinstance(base, nn.ConvTranspose2d)
+        w = base.weight
+        if self.transposed:
+            self.in_channels, self.out_channels = w.shape[0], w.shape[1]
+        else:
+            self.out_channels, self.in_channels = w.shape[0], w.shape[1]
+        self.kernel_size = tuple(w.shape[2:])
+        self._backup: Optional[Tensor] = None
+        self.gate = False
+        self.rank = 0
+        self.reset(rank)
+        self._register_state_dict_hook(_save_base_keys)
+        self._register_load_state_dict_pre_hook(_load_base_keys)
+
+    # -- state -------------------------------------------------------------
+    def factor_shapes(self, rank: Optional[int] = None) -> dict[str, tuple]:
+        """Shapes of the factors ``A``, ``B`` (and ``K``) for ``rank``."""
+        r = self.rank if rank is None else rank
+        kh, kw = self.kernel_size
+        if self.form == "full":
+            return {"A": (r, self.in_channels * kh * kw), "B": (self.out_channels, r)}
+        return {
+            "A": (r, self.in_channels),
+            "B": (self.out_channels, r),
+            "K": (r, kh, kw),
+        }
+
+    def initial_factors(
+        self, generator: Optional[torch.Generator] = None
+    ) -> dict[str, Tensor]:
+        """Trainable starting point: kaiming-uniform ``A``, zero ``B``, centre ``K``."""
+        shapes = self.factor_shapes()
+        w = self.base.weight
+        fan_in = shapes["A"][1]
+        bound = (3.0 / max(fan_in, 1)) ** 0.5
+        a = torch.rand(shapes["A"], generator=generator, dtype=w.dtype)
+        out = {"A": ((a * 2 - 1) * bound).to(w.device), "B": w.new_zeros(shapes["B"])}
+        if "K" in shapes:
+            k = w.new_zeros(shapes["K"])
+            kh, kw = self.kernel_size
+            k[:, kh // 2, kw // 2] = 1.0
+            out["K"] = k
+        return out
+
+    def reset(self, rank: Optional[int] = None) -> None:
+        """Drop the update: zero factors, gate closed (optionally change rank)."""
+        if self._backup is not None:
+            self.unmerge()
+        if rank is not None:
+            if not 1 <= int(rank) <= 255:
+                raise ValueError(f"rank must be in [1, 255], got {rank}")
+            self.rank = int(rank)
+        w = self.base.weight
+        for name, shape in self.factor_shapes().items():
+            self.register_buffer(name, w.new_zeros(shape), persistent=False)
+        if "K" not in self.factor_shapes():
+            self.register_buffer("K", None, persistent=False)
+        self.gate = False
+
+    def set_factors(self, gate: bool = True, **factors: Tensor) -> None:
+        """Set the factors (shapes are checked) and the gate."""
+        shapes = self.factor_shapes()
+        for name, value in factors.items():
+            if name not in shapes:
+                raise ValueError(f"Unknown factor {name!r} for form {self.form!r}")
+            if tuple(value.shape) != shapes[name]:
+                raise ValueError(
+                    f"Factor {name} has shape {tuple(value.shape)}, "
+                    f"expected {shapes[name]}"
+                )
+            setattr(self, name, value.detach().to(self.base.weight))
+        self.gate = bool(gate)
+
+    def factors(self) -> dict[str, Tensor]:
+        return {name: getattr(self, name) for name in self.factor_shapes()}
+
+    # -- delta / merge -----------------------------------------------------
+    def delta_from(self, A: Tensor, B: Tensor, K: Optional[Tensor] = None) -> Tensor:
+        """Kernel update (shaped like ``base.weight``) from explicit factors."""
+        kh, kw = self.kernel_size
+        if self.form == "full":
+            d = (B @ A).view(self.out_channels, self.in_channels, kh, kw)
+        else:
+            d = torch.einsum("or,ri,rhw->oihw", B, A, K)
+        return d.transpose(0, 1) if self.transposed else d
+
+    def get_delta_weight(self) -> Tensor:
+        """The current update ``dW`` (zero when the gate is closed)."""
+        if not self.gate:
+            return torch.zeros_like(self.base.weight)
+        return self.delta_from(**self.factors())
+
+    @property
+    def merged(self) -> bool:
+        return self._backup is not None
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add ``dW`` into the base kernel (no per-pixel cost afterwards)."""
+        if self.merged:
+            raise RuntimeError("LoRAConv is already merged")
+        if not self.gate:
+            return
+        delta = self.get_delta_weight()
+        if not torch.isfinite(delta).all():
+            raise ValueError("Refusing to merge a non-finite update")
+        self._backup = self.base.weight.detach().clone()
+        self.base.weight.add_(delta)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restore the exact original kernel."""
+        if self._backup is not None:
+            self.base.weight.copy_(self._backup)
+            self._backup = None
+
+    # -- forward -----------------------------------------------------------
+    def conv(self, x: Tensor, weight: Tensor) -> Tensor:
+        """The base convolution with ``weight`` in place of its kernel."""
+        b = self.base
+        if self.transposed:
+            return F.conv_transpose2d(
+                x, weight, b.bias, b.stride, b.padding, b.output_padding, 1, b.dilation
+            )
+        return F.conv2d(x, weight, b.bias, b.stride, b.padding, b.dilation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.merged or not self.gate:
+            return self.base(x)
+        return self.conv(x, self.base.weight + self.get_delta_weight())
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, form={self.form!r}, gate={self.gate}"
+
+
+def _save_base_keys(module, state_dict, prefix, local_metadata):
+    """Store ``prefix.base.weight`` as ``prefix.weight`` (host layout)."""
+    for key in [k for k in state_dict if k.startswith(prefix + "base.")]:
+        state_dict[prefix + key[len(prefix) + 5 :]] = state_dict.pop(key)
+
+
+def _load_base_keys(state_dict, prefix, *args):
+    """Accept host keys ``prefix.weight``/``prefix.bias`` for the wrapped conv."""
+    for name in ("weight", "bias"):
+        if prefix + name in state_dict:
+            state_dict[prefix + "base." + name] = state_dict.pop(prefix + name)

@@ -1,0 +1,246 @@
+"""Adapter-enabled variants of CompressAI's image codecs.
+
+Each ``<Host>LoRA`` class subclasses the host model and wraps chosen decoder
+convolutions (``g_s``) in :class:`~compressai_lora.layers.LoRAConv`.  Its
+bitstream carries one more ``strings`` entry, ``[update_bytes]``, holding the
+per-image low-rank decoder update (see :mod:`compressai_lora.update_stream`),
+so the host's ``sum(len(s[0]) for s in strings)`` counts it.  With no update
+the latent strings and reconstruction are the host's, bit for bit.
+
+Method: Lv et al., "Dynamic Low-Rank Instance Adaptation for Universal Neural
+Image Compression", ACM MM 2023.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+
+from compressai.models import (
+    Cheng2020Anchor,
+    Cheng2020Attention,
+    FactorizedPrior,
+    JointAutoregressiveHierarchicalPriors,
+    MeanScaleHyperprior,
+    ScaleHyperprior,
+)
+from torch import Tensor
+
+from . import update_stream
+from .layers import LoRAConv
+
+__all__ = [
+    "LoRAModelMixin",
+    "FactorizedPriorLoRA",
+    "ScaleHyperpriorLoRA",
+    "MeanScaleHyperpriorLoRA",
+    "JointAutoregressiveHierarchicalPriorsLoRA",
+    "Cheng2020AnchorLoRA",
+    "Cheng2020AttentionLoRA",
+]
+
+#: The four (transposed) convolutions of the bmshj2018/mbt2018 decoders.
+_BALLE_G_S = ("g_s.0", "g_s.2", "g_s.4", "g_s.6")
+
+
+def _cheng_g_s(res_blocks: Sequence[int], up_blocks: Sequence[int]) -> tuple:
+    convs = [f"g_s.{i}.conv{j}" for i in res_blocks for j in (1, 2)]
+    return tuple(sorted(convs + [f"g_s.{i}.conv" for i in up_blocks]))
+
+
+class LoRAModelMixin:
+    """Adapter plumbing shared by every ``-lora`` model.
+
+    Subclasses list the adapted layers in ``lora_layers`` (dotted module
+    paths).  Keyword arguments ``rank`` and ``form`` configure the adapters.
+    """
+
+    lora_layers: tuple[str, ...] = ()
+    #: zoo name of the host architecture; ours is ``f"{host_arch}-lora"``
+    host_arch: str = ""
+
+    def __init__(self, *args: Any, rank: int = 2, form: str = "separable", **kwargs):
+        super().__init__(*args, **kwargs)
+        for path in self.lora_layers:
+            parent_path, _, attr = path.rpartition(".")
+            parent = self.get_submodule(parent_path)
+            setattr(parent, attr, LoRAConv(getattr(parent, attr), rank, form))
+
+    @classmethod
+    def from_state_dict(cls, state_dict, rank: int = 2, form: str = "separable"):
+        """Host ``from_state_dict`` (base checkpoints load strictly), then adapters."""
+        net = super().from_state_dict(state_dict)
+        net.configure_adapters(rank, form)
+        return net
+
+    def configure_adapters(self, rank: int = 2, form: str = "separable") -> None:
+        """Set rank and update form of every adapter (drops any update)."""
+        for path, m in self.adapters().items():
+            if m.form == form:
+                m.reset(rank)
+                continue
+            parent_path, _, attr = path.rpartition(".")
+            setattr(self.get_submodule(parent_path), attr, LoRAConv(m.base, rank, form))
+
+    # -- adapters ----------------------------------------------------------
+    def adapters(self) -> dict[str, LoRAConv]:
+        """Adapted layers, in bitstream order."""
+        return {path: self.get_submodule(path) for path in self.lora_layers}
+
+    @property
+    def lora_rank(self) -> int:
+        return next(iter(self.adapters().values())).rank
+
+    def reset_adapters(self, rank: Optional[int] = None) -> None:
+        """Close every gate and zero every factor (optionally change rank)."""
+        for m in self.adapters().values():
+            m.reset(rank)
+
+    def update_fingerprint(self) -> int:
+        return update_stream.fingerprint(self.host_arch, self.adapters())
+
+    def quantized_update(self, step_code: int) -> dict[int, update_stream.LayerUpdate]:
+        """Current factors of the open layers, quantized as they are sent."""
+        return {
+            i: update_stream.quantize(m.factors(), step_code)
+            for i, m in enumerate(self.adapters().values())
+            if m.gate
+        }
+
+    def encode_update(self, step_code: int = update_stream.DEFAULT_STEP_CODE) -> bytes:
+        """Serialize the current adapter state (quantized) to update bytes."""
+        updates = self.quantized_update(step_code)
+        adapters = self.adapters()
+        return update_stream.encode_update(
+            self.update_fingerprint(), self.lora_rank, len(adapters), updates, step_code
+        )
+
+    def decode_update(self, data: bytes) -> dict[int, update_stream.LayerUpdate]:
+        """Parse update bytes made for this model; raises ValueError if invalid."""
+        adapters = list(self.adapters().values())
+        return update_stream.decode_update(
+            data,
+            self.update_fingerprint(),
+            self.lora_rank,
+            [m.factor_shapes() for m in adapters],
+        )
+
+    def load_update(self, updates: dict[int, update_stream.LayerUpdate]) -> None:
+        """Set the adapters to dequantized ``updates`` (other gates closed)."""
+        for i, m in enumerate(self.adapters().values()):
+            m.reset()
+            if i in updates:
+                m.set_factors(gate=True, **updates[i].dequantized())
+
+    def _adapter_state(self) -> list[tuple[bool, dict[str, Tensor]]]:
+        return [(m.gate, m.factors()) for m in self.adapters().values()]
+
+    def _restore_adapter_state(self, state) -> None:
+        for m, (gate, factors) in zip(self.adapters().values(), state):
+            m.unmerge()
+            m.set_factors(gate=gate, **factors)
+
+    def merge_adapters(self) -> None:
+        for m in self.adapters().values():
+            m.merge()
+
+    def unmerge_adapters(self) -> None:
+        for m in self.adapters().values():
+            m.unmerge()
+
+    # -- host API ----------------------------------------------------------
+    def compress(self, x: Tensor) -> dict[str, Any]:
+        """Host ``compress`` plus the update entry ``[update_bytes]``."""
+        out = super().compress(x)
+        out["strings"].append([self.encode_update()])
+        return out
+
+    def decompress(self, strings: list, shape) -> dict[str, Tensor]:
+        """Parse and apply the update (merged weights), decode, restore."""
+        if not isinstance(strings, (list, tuple)) or len(strings) < 2:
+            raise ValueError(
+                "strings must be the host's latent strings plus one update entry"
+            )
+        entry = strings[-1]
+        if not isinstance(entry, (list, tuple)) or len(entry) != 1:
+            raise ValueError("the last strings entry must be [update_bytes]")
+        updates = self.decode_update(entry[0])
+        state = self._adapter_state()
+        try:
+            self.load_update(updates)
+            self.merge_adapters()
+            with torch.no_grad():
+                return super().decompress(list(strings[:-1]), shape)
+        finally:
+            self._restore_adapter_state(state)
+
+
+class FactorizedPriorLoRA(LoRAModelMixin, FactorizedPrior):
+    """bmshj2018-factorized with low-rank adapters.
+
+    Adapts all four transposed convolutions of ``g_s`` (``g_s.0/2/4/6``): the
+    decoder has no other convolutions, and the gates decide per image which
+    ones pay for their bits (the last, ``N -> 3``, is the cheapest and moves
+    colours directly; the first ones reshape textures).
+    """
+
+    host_arch = "bmshj2018-factorized"
+    lora_layers = _BALLE_G_S
+
+
+class ScaleHyperpriorLoRA(LoRAModelMixin, ScaleHyperprior):
+    """bmshj2018-hyperprior with low-rank adapters on ``g_s.0/2/4/6``.
+
+    Same choice as :class:`FactorizedPriorLoRA`: the four transposed
+    convolutions are the whole synthesis transform.
+    """
+
+    host_arch = "bmshj2018-hyperprior"
+    lora_layers = _BALLE_G_S
+
+
+class MeanScaleHyperpriorLoRA(LoRAModelMixin, MeanScaleHyperprior):
+    """mbt2018-mean with low-rank adapters on ``g_s.0/2/4/6``.
+
+    Same choice as :class:`FactorizedPriorLoRA`.
+    """
+
+    host_arch = "mbt2018-mean"
+    lora_layers = _BALLE_G_S
+
+
+class JointAutoregressiveHierarchicalPriorsLoRA(
+    LoRAModelMixin, JointAutoregressiveHierarchicalPriors
+):
+    """mbt2018 with low-rank adapters on ``g_s.0/2/4/6``.
+
+    Same choice as :class:`FactorizedPriorLoRA`; only ``g_s`` changes, so the
+    autoregressive entropy model and its latent strings are the host's.
+    """
+
+    host_arch = "mbt2018"
+    lora_layers = _BALLE_G_S
+
+
+class Cheng2020AnchorLoRA(LoRAModelMixin, Cheng2020Anchor):
+    """cheng2020-anchor with the paper's 11 adapted convolutions of ``g_s``.
+
+    ``conv1``/``conv2`` of the four ResidualBlocks (``g_s.0/2/4/6``) and
+    ``conv`` of the three ResidualBlockUpsample (``g_s.1/3/5``): the same
+    layers as in cheng2020-attn, which has attention blocks in between.
+    """
+
+    host_arch = "cheng2020-anchor"
+    lora_layers = _cheng_g_s((0, 2, 4, 6), (1, 3, 5))
+
+
+class Cheng2020AttentionLoRA(LoRAModelMixin, Cheng2020Attention):
+    """cheng2020-attn with the paper's 11 adapted convolutions of ``g_s``.
+
+    ``conv1``/``conv2`` of the ResidualBlocks ``g_s.1/3/6/8`` and ``conv`` of
+    the ResidualBlockUpsample ``g_s.2/4/7`` (Lv et al., ACM MM 2023).
+    """
+
+    host_arch = "cheng2020-attn"
+    lora_layers = _cheng_g_s((1, 3, 6, 8), (2, 4, 7))

@@ -1,0 +1,162 @@
+"""Zoo factories of the ``-lora`` models, with the host's signatures and errors.
+
+``pretrained=True`` loads CompressAI's published weights of the base
+architecture through ``torch.hub`` (a file already in the hub cache works
+offline) into the ``-lora`` model; the adapters start empty.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from compressai.zoo.image import cfgs as host_cfgs
+from compressai.zoo.image import model_urls as host_urls
+from compressai.zoo.pretrained import load_pretrained
+from torch.hub import load_state_dict_from_url
+
+from ..models import (
+    Cheng2020AnchorLoRA,
+    Cheng2020AttentionLoRA,
+    FactorizedPriorLoRA,
+    JointAutoregressiveHierarchicalPriorsLoRA,
+    LoRAModelMixin,
+    MeanScaleHyperpriorLoRA,
+    ScaleHyperpriorLoRA,
+)
+
+__all__ = [
+    "model_architectures",
+    "bmshj2018_factorized_lora",
+    "bmshj2018_hyperprior_lora",
+    "mbt2018_mean_lora",
+    "mbt2018_lora",
+    "cheng2020_anchor_lora",
+    "cheng2020_attn_lora",
+]
+
+model_architectures = {
+    f"{cls.host_arch}-lora": cls
+    for cls in (
+        FactorizedPriorLoRA,
+        ScaleHyperpriorLoRA,
+        MeanScaleHyperpriorLoRA,
+        JointAutoregressiveHierarchicalPriorsLoRA,
+        Cheng2020AnchorLoRA,
+        Cheng2020AttentionLoRA,
+    )
+}
+
+_ADAPTER_KWARGS = ("rank", "form")
+
+
+def _load_model(
+    architecture: str,
+    metric: str,
+    quality: int,
+    pretrained: bool = False,
+    progress: bool = True,
+    **kwargs: Any,
+) -> LoRAModelMixin:
+    if architecture not in model_architectures:
+        raise ValueError(f'Invalid architecture name "{architecture}"')
+    cls = model_architectures[architecture]
+    host = cls.host_arch
+    if metric not in ("mse", "ms-ssim"):
+        raise ValueError(f'Invalid metric "{metric}"')
+    qualities = sorted(host_cfgs[host])
+    if quality not in qualities:
+        raise ValueError(
+            f'Invalid quality "{quality}", should be between (1, {qualities[-1]})'
+        )
+    if pretrained:
+        urls = host_urls.get(host, {}).get(metric, {})
+        if quality not in urls:
+            raise RuntimeError("Pre-trained model not yet available")
+        state_dict = load_state_dict_from_url(urls[quality], progress=progress)
+        state_dict = load_pretrained(state_dict)
+        adapter_kwargs = {k: kwargs.pop(k) for k in _ADAPTER_KWARGS if k in kwargs}
+        if kwargs:
+            raise TypeError(f"unexpected arguments with pretrained=True: {list(kwargs)}")
+        return cls.from_state_dict(state_dict, **adapter_kwargs)
+    return cls(*host_cfgs[host][quality], **kwargs)
+
+
+def bmshj2018_factorized_lora(
+    quality, metric="mse", pretrained=False, progress=True, **kwargs
+):
+    """bmshj2018-factorized with instance adaptation (see ``FactorizedPriorLoRA``).
+
+    Args:
+        quality (int): Quality levels (1: lowest, highest: 8)
+        metric (str): Optimized metric, choose from ('mse', 'ms-ssim')
+        pretrained (bool): If True, loads the host's pre-trained base weights
+        progress (bool): If True, displays a progress bar of the download to stderr
+        **kwargs: adapter options (``rank``, ``form``) and host model options
+    """
+    return _load_model(
+        "bmshj2018-factorized-lora", metric, quality, pretrained, progress, **kwargs
+    )
+
+
+def bmshj2018_hyperprior_lora(
+    quality, metric="mse", pretrained=False, progress=True, **kwargs
+):
+    """bmshj2018-hyperprior with instance adaptation (``ScaleHyperpriorLoRA``).
+
+    Args: as :func:`bmshj2018_factorized_lora` (quality 1-8).
+    """
+    return _load_model(
+        "bmshj2018-hyperprior-lora", metric, quality, pretrained, progress, **kwargs
+    )
+
+
+def mbt2018_mean_lora(quality, metric="mse", pretrained=False, progress=True, **kwargs):
+    """mbt2018-mean with instance adaptation (``MeanScaleHyperpriorLoRA``).
+
+    Args: as :func:`bmshj2018_factorized_lora` (quality 1-8).
+    """
+    return _load_model(
+        "mbt2018-mean-lora", metric, quality, pretrained, progress, **kwargs
+    )
+
+
+def mbt2018_lora(quality, metric="mse", pretrained=False, progress=True, **kwargs):
+    """mbt2018 with instance adaptation (``JointAutoregressiveHierarchicalPriorsLoRA``).
+
+    Args: as :func:`bmshj2018_factorized_lora` (quality 1-8).
+    """
+    return _load_model("mbt2018-lora", metric, quality, pretrained, progress, **kwargs)
+
+
+def cheng2020_anchor_lora(
+    quality, metric="mse", pretrained=False, progress=True, **kwargs
+):
+    """cheng2020-anchor with instance adaptation (``Cheng2020AnchorLoRA``).
+
+    Args: as :func:`bmshj2018_factorized_lora` (quality 1-6).
+    """
+    return _load_model(
+        "cheng2020-anchor-lora", metric, quality, pretrained, progress, **kwargs
+    )
+
+
+def cheng2020_attn_lora(
+    quality, metric="mse", pretrained=False, progress=True, **kwargs
+):
+    """cheng2020-attn with instance adaptation (``Cheng2020AttentionLoRA``).
+
+    Args: as :func:`bmshj2018_factorized_lora` (quality 1-6).
+    """
+    return _load_model(
+        "cheng2020-attn-lora", metric, quality, pretrained, progress, **kwargs
+    )
+
+
+image_models = {
+    "bmshj2018-factorized-lora": bmshj2018_factorized_lora,
+    "bmshj2018-hyperprior-lora": bmshj2018_hyperprior_lora,
+    "mbt2018-mean-lora": mbt2018_mean_lora,
+    "mbt2018-lora": mbt2018_lora,
+    "cheng2020-anchor-lora": cheng2020_anchor_lora,
+    "cheng2020-attn-lora": cheng2020_attn_lora,
+}
