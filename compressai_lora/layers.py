@@ -25,7 +25,6 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from torch import Tensor
 
 __all__ = ["LoRAConv", "UPDATE_FORMS"]
@@ -49,7 +48,9 @@ class LoRAConv(nn.Module):
         if base.groups != 1 or base.padding_mode != "zeros":
             raise ValueError("LoRAConv supports groups=1 and zero padding only")
         if form not in UPDATE_FORMS:
-            raise ValueError(f'Invalid update form "{form}", choose from {UPDATE_FORMS}')
+            raise ValueError(
+                f'Invalid update form "{form}", choose from {UPDATE_FORMS}'
+            )
         self.base = base
         self.form = form
         self.transposed = isinstance(base, nn.ConvTranspose2d)

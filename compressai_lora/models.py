@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import torch
-
 from compressai.models import (
     Cheng2020Anchor,
     Cheng2020Attention,
@@ -28,6 +27,7 @@ from compressai.models import (
 from torch import Tensor
 
 from . import update_stream
+from .adapt.config import AdaptConfig
 from .layers import LoRAConv
 
 __all__ = [
@@ -60,22 +60,60 @@ class LoRAModelMixin:
     #: zoo name of the host architecture; ours is ``f"{host_arch}-lora"``
     host_arch: str = ""
 
-    def __init__(self, *args: Any, rank: int = 2, form: str = "separable", **kwargs):
+    def __init__(
+        self,
+        *args: Any,
+        rank: int = 2,
+        form: str = "separable",
+        adapt: Optional[AdaptConfig] = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
+        cfg = adapt if adapt is not None else AdaptConfig(rank=rank, form=form)
         for path in self.lora_layers:
             parent_path, _, attr = path.rpartition(".")
             parent = self.get_submodule(parent_path)
-            setattr(parent, attr, LoRAConv(getattr(parent, attr), rank, form))
+            setattr(parent, attr, LoRAConv(getattr(parent, attr), cfg.rank, cfg.form))
+        self.adapt_config = cfg
+        #: lambda of the quality level the zoo built this model for (or None)
+        self.default_lmbda: Optional[float] = None
+        #: statistics of the last ``compress()`` call (choice, bits, times...)
+        self.last_adaptation: dict[str, Any] = {}
+
+    @property
+    def adapt_config(self) -> AdaptConfig:
+        """Adaptation settings used by ``compress()``; rank/form shape the adapters."""
+        return self._adapt_config
+
+    @adapt_config.setter
+    def adapt_config(self, cfg: AdaptConfig) -> None:
+        if not isinstance(cfg, AdaptConfig):
+            raise TypeError(f"adapt_config must be an AdaptConfig, got {type(cfg)}")
+        adapters = self.adapters().values()
+        if any(m.rank != cfg.rank or m.form != cfg.form for m in adapters):
+            self.configure_adapters(cfg.rank, cfg.form)
+        self._adapt_config = cfg
 
     @classmethod
-    def from_state_dict(cls, state_dict, rank: int = 2, form: str = "separable"):
+    def from_state_dict(
+        cls,
+        state_dict,
+        rank: int = 2,
+        form: str = "separable",
+        adapt: Optional[AdaptConfig] = None,
+    ):
         """Host ``from_state_dict`` (base checkpoints load strictly), then adapters."""
         net = super().from_state_dict(state_dict)
-        net.configure_adapters(rank, form)
+        net.adapt_config = (
+            adapt if adapt is not None else AdaptConfig(rank=rank, form=form)
+        )
         return net
 
     def configure_adapters(self, rank: int = 2, form: str = "separable") -> None:
-        """Set rank and update form of every adapter (drops any update)."""
+        """Set rank and update form of every adapter (drops any update).
+
+        Prefer setting ``adapt_config``, which calls this and keeps both in step.
+        """
         for path, m in self.adapters().items():
             if m.form == form:
                 m.reset(rank)

@@ -15,7 +15,6 @@ import functools
 import math
 
 import torch
-
 from compressai._CXX import pmf_to_quantized_cdf
 from torch import Tensor
 

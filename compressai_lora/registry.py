@@ -29,17 +29,13 @@ def register_models() -> None:
     Idempotent; raises ``RuntimeError`` (and registers nothing) if a name is
     already taken by a different object.
     """
-    regs = host_registries()
-    entries = [
-        (regs["compressai.registry.MODELS"], "compressai.registry.MODELS", model_architectures),
-        (regs["compressai.zoo.image_models"], "compressai.zoo.image_models", image_models),
-        (regs["compressai.zoo.models"], "compressai.zoo.models", image_models),
-        (
-            regs["compressai.zoo.image.model_architectures"],
-            "compressai.zoo.image.model_architectures",
-            model_architectures,
-        ),
-    ]
+    sources = {
+        "compressai.registry.MODELS": model_architectures,
+        "compressai.zoo.image_models": image_models,
+        "compressai.zoo.models": image_models,
+        "compressai.zoo.image.model_architectures": model_architectures,
+    }
+    entries = [(reg, where, sources[where]) for where, reg in host_registries().items()]
     for target, where, source in entries:
         for name, obj in source.items():
             if name in target and target[name] is not obj:

@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import math
 import zlib
-
 from dataclasses import dataclass
 from typing import Mapping
 
 import torch
-
 from compressai.ans import RansDecoder, RansEncoder
 from torch import Tensor
 
@@ -231,7 +229,9 @@ def decode_update(
     if not open_layers or (spare and gate_bytes[-1] & ((1 << spare) - 1)):
         raise ValueError("update stream corrupted: invalid gate bits")
     step = step_from_code(r.take(1, "quantization step")[0])
-    tensors = [(i, name, shape) for i in open_layers for name, shape in shapes[i].items()]
+    tensors = [
+        (i, name, shape) for i in open_layers for name, shape in shapes[i].items()
+    ]
     packed = r.take(math.ceil(len(tensors) / 2), "prior scale indexes")
     nibbles = [n for b in packed for n in (b >> 4, b & 0x0F)]
     if len(nibbles) > len(tensors) and nibbles[-1]:
@@ -263,6 +263,5 @@ def decode_update(
 def _expect_end(r: _Reader) -> None:
     if r.pos != len(r.data):
         raise ValueError(
-            f"update stream corrupted: {len(r.data) - r.pos} unexpected trailing byte(s)"
+            f"update stream corrupted: {len(r.data) - r.pos} trailing byte(s)"
         )
-

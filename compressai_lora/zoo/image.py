@@ -7,6 +7,7 @@ offline) into the ``-lora`` model; the adapters start empty.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from compressai.zoo.image import cfgs as host_cfgs
@@ -14,6 +15,7 @@ from compressai.zoo.image import model_urls as host_urls
 from compressai.zoo.pretrained import load_pretrained
 from torch.hub import load_state_dict_from_url
 
+from ..adapt.config import AdaptConfig, lmbda_for
 from ..models import (
     Cheng2020AnchorLoRA,
     Cheng2020AttentionLoRA,
@@ -46,7 +48,17 @@ model_architectures = {
     )
 }
 
-_ADAPTER_KWARGS = ("rank", "form")
+_CONFIG_FIELDS = {f.name for f in dataclasses.fields(AdaptConfig)}
+
+
+def _adapt_config(metric: str, kwargs: dict) -> AdaptConfig:
+    """``adapt=`` and/or AdaptConfig fields given as kwargs (popped)."""
+    cfg = kwargs.pop("adapt", None)
+    if cfg is not None and not isinstance(cfg, AdaptConfig):
+        raise TypeError(f"adapt must be an AdaptConfig, got {type(cfg).__name__}")
+    fields = {k: kwargs.pop(k) for k in list(kwargs) if k in _CONFIG_FIELDS}
+    cfg = (cfg or AdaptConfig(metric=metric)).replace(**fields)
+    return cfg
 
 
 def _load_model(
@@ -68,17 +80,21 @@ def _load_model(
         raise ValueError(
             f'Invalid quality "{quality}", should be between (1, {qualities[-1]})'
         )
+    cfg = _adapt_config(metric, kwargs)
     if pretrained:
         urls = host_urls.get(host, {}).get(metric, {})
         if quality not in urls:
             raise RuntimeError("Pre-trained model not yet available")
-        state_dict = load_state_dict_from_url(urls[quality], progress=progress)
-        state_dict = load_pretrained(state_dict)
-        adapter_kwargs = {k: kwargs.pop(k) for k in _ADAPTER_KWARGS if k in kwargs}
         if kwargs:
-            raise TypeError(f"unexpected arguments with pretrained=True: {list(kwargs)}")
-        return cls.from_state_dict(state_dict, **adapter_kwargs)
-    return cls(*host_cfgs[host][quality], **kwargs)
+            raise TypeError(
+                f"unexpected arguments with pretrained=True: {list(kwargs)}"
+            )
+        state_dict = load_state_dict_from_url(urls[quality], progress=progress)
+        model = cls.from_state_dict(load_pretrained(state_dict), adapt=cfg)
+    else:
+        model = cls(*host_cfgs[host][quality], adapt=cfg, **kwargs)
+    model.default_lmbda = lmbda_for(quality, metric)
+    return model
 
 
 def bmshj2018_factorized_lora(
@@ -91,7 +107,8 @@ def bmshj2018_factorized_lora(
         metric (str): Optimized metric, choose from ('mse', 'ms-ssim')
         pretrained (bool): If True, loads the host's pre-trained base weights
         progress (bool): If True, displays a progress bar of the download to stderr
-        **kwargs: adapter options (``rank``, ``form``) and host model options
+        **kwargs: ``adapt=AdaptConfig(...)`` and/or AdaptConfig fields
+            (``refine_steps=100``, ``rank=2``...), then host model options
     """
     return _load_model(
         "bmshj2018-factorized-lora", metric, quality, pretrained, progress, **kwargs
