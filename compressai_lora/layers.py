@@ -3,11 +3,12 @@
 The adapter wraps a host ``nn.Conv2d`` or ``nn.ConvTranspose2d`` and adds a
 rank-``r`` update of its kernel.  Two update forms are available:
 
-* ``"separable"`` (default): ``dW[o, i] = sum_r B[o, r] A[r, i] K[r]`` where
-  ``K[r]`` is a ``kh x kw`` spatial kernel per rank component.  It costs
-  ``r * (C_in + C_out + kh * kw)`` numbers, a few more than a 1x1 update, and
-  contains both the 1x1 update at the centre tap (``K`` = centre impulse, its
-  initial value) and the reference code's broadcast onto all taps (``K`` = 1).
+* ``"separable"`` (default): ``dW[o, i] = sum_r B[o, r] A[r, i] (E + K[r])``
+  where ``E`` is the centre impulse and ``K[r]`` a ``kh x kw`` spatial kernel
+  offset per rank component.  It costs ``r * (C_in + C_out + kh * kw)``
+  numbers, a few more than a 1x1 update, and contains both the 1x1 update at
+  the centre tap (``K = 0``, its initial value, which costs almost nothing to
+  send) and the reference code's broadcast onto all taps (``E + K = 1``).
 * ``"full"``: ``dW = (B @ A).view(C_out, C_in, kh, kw)`` as in PEFT's conv
   LoRA; ``A`` spans ``C_in * kh * kw`` so it costs about ``kh * kw`` times more.
 
@@ -20,7 +21,7 @@ Nothing merges implicitly: ``merge()``/``unmerge()`` are explicit and
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -61,6 +62,9 @@ class LoRAConv(nn.Module):
             self.out_channels, self.in_channels = w.shape[0], w.shape[1]
         self.kernel_size = tuple(w.shape[2:])
         self._backup: Optional[Tensor] = None
+        #: optional ``fn(x) -> dW`` used instead of the stored factors (the
+        #: optimizer's trainable, gated update); None in normal use
+        self.delta_fn: Optional[Callable[[Tensor], Tensor]] = None
         self.gate = False
         self.rank = 0
         self.reset(rank)
@@ -83,18 +87,14 @@ class LoRAConv(nn.Module):
     def initial_factors(
         self, generator: Optional[torch.Generator] = None
     ) -> dict[str, Tensor]:
-        """Trainable starting point: kaiming-uniform ``A``, zero ``B``, centre ``K``."""
+        """Trainable starting point: kaiming-uniform ``A``, zero ``B`` and ``K``."""
         shapes = self.factor_shapes()
         w = self.base.weight
         fan_in = shapes["A"][1]
         bound = (3.0 / max(fan_in, 1)) ** 0.5
         a = torch.rand(shapes["A"], generator=generator, dtype=w.dtype)
-        out = {"A": ((a * 2 - 1) * bound).to(w.device), "B": w.new_zeros(shapes["B"])}
-        if "K" in shapes:
-            k = w.new_zeros(shapes["K"])
-            kh, kw = self.kernel_size
-            k[:, kh // 2, kw // 2] = 1.0
-            out["K"] = k
+        out = {k: w.new_zeros(shape) for k, shape in shapes.items()}
+        out["A"] = ((a * 2 - 1) * bound).to(w.device)
         return out
 
     def reset(self, rank: Optional[int] = None) -> None:
@@ -136,7 +136,9 @@ class LoRAConv(nn.Module):
         if self.form == "full":
             d = (B @ A).view(self.out_channels, self.in_channels, kh, kw)
         else:
-            d = torch.einsum("or,ri,rhw->oihw", B, A, K)
+            centre = torch.zeros_like(K)
+            centre[:, kh // 2, kw // 2] = 1.0
+            d = torch.einsum("or,ri,rhw->oihw", B, A, K + centre)
         return d.transpose(0, 1) if self.transposed else d
 
     def get_delta_weight(self) -> Tensor:
@@ -180,6 +182,8 @@ class LoRAConv(nn.Module):
         return F.conv2d(x, weight, b.bias, b.stride, b.padding, b.dilation)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.delta_fn is not None:
+            return self.conv(x, self.base.weight + self.delta_fn(x))
         if self.merged or not self.gate:
             return self.base(x)
         return self.conv(x, self.base.weight + self.get_delta_weight())

@@ -28,6 +28,8 @@ from torch import Tensor
 
 from . import update_stream
 from .adapt.config import AdaptConfig
+from .adapt.engine import adapt_and_compress
+from .adapt.latents import latent_terms
 from .layers import LoRAConv
 
 __all__ = [
@@ -148,10 +150,18 @@ class LoRAModelMixin:
 
     def encode_update(self, step_code: int = update_stream.DEFAULT_STEP_CODE) -> bytes:
         """Serialize the current adapter state (quantized) to update bytes."""
-        updates = self.quantized_update(step_code)
-        adapters = self.adapters()
+        return self.encode_update_from(self.quantized_update(step_code), step_code)
+
+    def encode_update_from(
+        self, updates: dict[int, update_stream.LayerUpdate], step_code: int
+    ) -> bytes:
+        """Serialize quantized ``{layer index: update}`` for this model."""
         return update_stream.encode_update(
-            self.update_fingerprint(), self.lora_rank, len(adapters), updates, step_code
+            self.update_fingerprint(),
+            self.lora_rank,
+            len(self.lora_layers),
+            updates,
+            step_code,
         )
 
     def decode_update(self, data: bytes) -> dict[int, update_stream.LayerUpdate]:
@@ -188,11 +198,57 @@ class LoRAModelMixin:
             m.unmerge()
 
     # -- host API ----------------------------------------------------------
+    def host_compress(self, x: Tensor) -> dict[str, Any]:
+        """The host model's ``compress`` (latent strings only)."""
+        return super().compress(x)
+
+    def host_decompress(self, strings: list, shape) -> dict[str, Tensor]:
+        """The host model's ``decompress`` of latent strings."""
+        return super().decompress(strings, shape)
+
+    def adapts(self) -> bool:
+        """Whether ``compress``/eval ``forward`` run the per-image adaptation."""
+        cfg = self.adapt_config
+        return cfg.enabled and (cfg.refine_steps > 0 or cfg.adapt_steps > 0)
+
+    def _adapt(self, x: Tensor):
+        state = self._adapter_state()
+        self.reset_adapters()
+        try:
+            best, stats = adapt_and_compress(self, x, self.adapt_config)
+        finally:
+            self._restore_adapter_state(state)
+        self.last_adaptation = stats
+        return best
+
     def compress(self, x: Tensor) -> dict[str, Any]:
-        """Host ``compress`` plus the update entry ``[update_bytes]``."""
-        out = super().compress(x)
-        out["strings"].append([self.encode_update()])
-        return out
+        """Adapt to ``x`` (if enabled) and code it: host strings + ``[update]``.
+
+        With adaptation disabled (or 0 steps) this is the host's ``compress``
+        plus the current adapter state (normally no update: 1 byte).
+        """
+        if not self.adapts():
+            out = super().compress(x)
+            out["strings"].append([self.encode_update()])
+            self.last_adaptation = {"choice": "disabled"}
+            return out
+        best = self._adapt(x)
+        return {"strings": best.strings + [[best.update]], "shape": best.shape}
+
+    def forward(self, x: Tensor) -> dict[str, Any]:
+        """Host ``forward``; in eval mode with adaptation, the adapted result.
+
+        The adapted result's likelihoods include ``"update"`` (1/256 per byte
+        of the update), so the host's entropy-estimation bpp counts it.
+        """
+        if self.training or not self.adapts():
+            return super().forward(x)
+        best = self._adapt(x)
+        with torch.no_grad():
+            _, likelihoods = latent_terms(self, best.y, best.z, torch.round)
+        likelihoods["update"] = x.new_full((len(best.update),), 1 / 256)
+        x_hat = best.x_hat[..., : x.size(-2), : x.size(-1)]
+        return {"x_hat": x_hat, "likelihoods": likelihoods}
 
     def decompress(self, strings: list, shape) -> dict[str, Tensor]:
         """Parse and apply the update (merged weights), decode, restore."""

@@ -1,0 +1,126 @@
+"""Latent analysis, rate terms and coding of given latents, per host family.
+
+The host models differ in how ``y`` (and ``z``) are analysed, rounded and
+entropy-modelled.  These functions give the adaptation one view of all six:
+
+* :func:`analyse` runs ``g_a`` (and ``h_a``) like the host's ``compress``;
+* :func:`latent_terms` returns the ``y_hat`` the decoder would see and the
+  likelihoods, with a pluggable rounding (SGA while refining, hard rounding
+  for estimates), centred where the real coder centres (``y - mu``, medians);
+* :func:`fixed_latents` lets the host's own ``compress`` code given latents,
+  so refined latents are coded by exactly the host's code path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from typing import Callable, Iterator, Optional
+
+import torch
+import torch.nn as nn
+
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.models import (
+    JointAutoregressiveHierarchicalPriors,
+    MeanScaleHyperprior,
+    ScaleHyperprior,
+)
+from torch import Tensor
+
+__all__ = ["has_hyperprior", "analyse", "latent_terms", "fixed_latents"]
+
+Rounding = Callable[[Tensor], Tensor]
+
+
+def has_hyperprior(model: nn.Module) -> bool:
+    return isinstance(model, ScaleHyperprior)
+
+
+def analyse(model: nn.Module, x: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+    """``(y, z)`` as the host's ``compress`` computes them (``z`` None if absent)."""
+    y = model.g_a(x)
+    if not has_hyperprior(model):
+        return y, None
+    if isinstance(model, MeanScaleHyperprior):
+        return y, model.h_a(y)
+    return y, model.h_a(torch.abs(y))
+
+
+def _bottleneck(eb: EntropyBottleneck, z: Tensor, rnd: Rounding):
+    """Round around the medians (as ``compress`` does) and get likelihoods."""
+    perm = (1, 0, 2, 3)
+    values = z.permute(*perm).reshape(z.size(1), 1, -1)
+    medians = eb._get_medians().detach()
+    z_hat = rnd(values - medians) + medians
+    lik, _, _ = eb._likelihood(z_hat)
+    if eb.use_likelihood_bound:
+        lik = eb.likelihood_lower_bound(lik)
+    shape = (z.size(1), z.size(0), z.size(2), z.size(3))
+    unflat = lambda t: t.reshape(shape).permute(*perm)  # noqa: E731
+    return unflat(z_hat), unflat(lik)
+
+
+def _gaussian(gc: GaussianConditional, y_hat: Tensor, scales, means) -> Tensor:
+    lik = gc._likelihood(y_hat, scales, means)
+    if gc.use_likelihood_bound:
+        lik = gc.likelihood_lower_bound(lik)
+    return lik
+
+
+def latent_terms(
+    model: nn.Module, y: Tensor, z: Optional[Tensor], rnd: Rounding
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``(y_hat, likelihoods)`` of latents ``y``/``z`` under ``model``.
+
+    ``rnd`` is the rounding (``torch.round`` or an SGA sample).  Mean-shifted
+    models round ``y - mu`` and add ``mu`` back, as CompressAI's real coder
+    does; the autoregressive models take their context from ``rnd(y)`` (the
+    host's own training-time approximation of the serial decoder).
+    """
+    if not has_hyperprior(model):
+        y_hat, lik_y = _bottleneck(model.entropy_bottleneck, y, rnd)
+        return y_hat, {"y": lik_y}
+    z_hat, lik_z = _bottleneck(model.entropy_bottleneck, z, rnd)
+    params = model.h_s(z_hat)
+    gc = model.gaussian_conditional
+    if isinstance(model, JointAutoregressiveHierarchicalPriors):
+        ctx = model.context_prediction(rnd(y))
+        params = model.entropy_parameters(torch.cat((params, ctx), dim=1))
+    if isinstance(model, MeanScaleHyperprior):
+        scales, means = params.chunk(2, 1)
+        y_hat = rnd(y - means) + means
+    else:
+        scales, means = params, None
+        y_hat = rnd(y)
+    return y_hat, {"y": _gaussian(gc, y_hat, scales, means), "z": lik_z}
+
+
+class _Const(nn.Module):
+    def __init__(self, value: Tensor):
+        super().__init__()
+        self.value = value
+
+    def forward(self, _: Tensor) -> Tensor:
+        return self.value
+
+
+@contextlib.contextmanager
+def fixed_latents(model: nn.Module, y: Tensor, z: Optional[Tensor]) -> Iterator:
+    """Within the block, the host's ``compress`` codes ``y``/``z`` as given.
+
+    ``g_a`` (and ``h_a``) are swapped for constants and restored afterwards,
+    so the host's own entropy-coding path (autoregressive loop included)
+    produces the strings.
+    """
+    saved = {"g_a": model.g_a}
+    model.g_a = _Const(y.detach())
+    if z is not None:
+        saved["h_a"] = model.h_a
+        model.h_a = _Const(z.detach())
+    try:
+        yield
+    finally:
+        for name, module in saved.items():
+            setattr(model, name, module)
+
