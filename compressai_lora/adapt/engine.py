@@ -160,8 +160,8 @@ def _progress(phase, t, steps, loss, bpp, x_hat, x, gates) -> dict[str, Any]:
         "phase": phase,
         "step": t + 1,
         "steps": steps,
-        "loss": float(loss),
-        "bpp": float(bpp),
+        "loss": loss.item(),
+        "bpp": bpp.item(),
         "psnr": 10 * math.log10(1 / max(mse, 1e-10)),
         "gates": gates,
     }
@@ -253,6 +253,8 @@ def train_update(
             if t == gate_steps:
                 with torch.no_grad():
                     decisions = [bool(gate_vals[i] > 0.5) for i in range(len(adapters))]
+                if not any(decisions):
+                    break
                 install()
                 cache_prefix()
                 best_loss, best_state, since = math.inf, None, 0

@@ -1,0 +1,212 @@
+"""Instance adaptation inside compress() (issue: latent refinement + update)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import compressai_lora  # noqa: F401
+
+from compressai.zoo.image import model_architectures as host_archs
+from compressai_lora.adapt import AdaptConfig
+from compressai_lora.zoo import cheng2020_attn_lora, model_architectures
+
+FAST = dict(
+    refine_steps=8,
+    adapt_steps=8,
+    gate_steps=3,
+    lmbda=0.0067,
+    patience=0,
+    refine_lr=0.05,
+    adapt_lr=0.02,
+)
+
+
+def small_pair(name: str, n: int = 16):
+    host = model_architectures[name].host_arch
+    args = (n,) if host.startswith("cheng2020") else (n, n)
+    torch.manual_seed(0)
+    base = host_archs[host](*args).eval()
+    base.update(force=True)
+    lora = model_architectures[name].from_state_dict(base.state_dict()).eval()
+    lora.update(force=True)
+    return base, lora
+
+
+def pixel_art(h: int = 64, w: int = 64, block: int = 8, seed: int = 0) -> torch.Tensor:
+    """Flat-colour blocks: a synthetic out-of-domain image."""
+    g = torch.Generator().manual_seed(seed)
+    colours = torch.rand(3, -(-h // block), -(-w // block), generator=g)
+    img = colours.repeat_interleave(block, 1).repeat_interleave(block, 2)
+    return (img[:, :h, :w].unsqueeze(0) * 255).round() / 255  # an 8-bit image
+
+
+def roundtrip(model, x):
+    with torch.no_grad():
+        out = model.compress(x)
+        x_hat = model.decompress(out["strings"], out["shape"])["x_hat"]
+    return out, x_hat
+
+
+def test_zero_steps_is_the_host_codec():
+    base, lora = small_pair("mbt2018-mean-lora")
+    lora.adapt_config = AdaptConfig(refine_steps=0, adapt_steps=0, lmbda=0.01)
+    x = pixel_art()
+    out, x_hat = roundtrip(lora, x)
+    ref, ref_hat = roundtrip(base, x)
+    assert out["strings"][:-1] == ref["strings"]
+    assert out["strings"][-1] == [b"\x10"]
+    assert torch.equal(x_hat, ref_hat)
+
+
+@pytest.mark.parametrize("name", ["cheng2020-attn-lora", "mbt2018-mean-lora"])
+def test_adaptation_lowers_real_rd_cost(name):
+    _, lora = small_pair(name)
+    lora.adapt_config = AdaptConfig(**{**FAST, "refine_steps": 20, "adapt_steps": 20})
+    x = pixel_art()
+    out, x_hat = roundtrip(lora, x)
+    stats = lora.last_adaptation
+    assert stats["J"][stats["choice"]] < stats["J"]["base"]
+    # the reported cost is the real one: bytes of the strings, decoded image
+    n_bytes = sum(len(s[0]) for s in out["strings"])
+    assert stats["bpp"][stats["choice"]] == pytest.approx(8 * n_bytes / 64**2)
+    mse = ((x_hat * 255).round() - x * 255).pow(2).mean().item()
+    assert stats["dist"][stats["choice"]] == pytest.approx(mse, rel=1e-5)
+
+
+def test_update_decodes_exactly_in_a_fresh_model():
+    base, lora = small_pair("bmshj2018-hyperprior-lora")
+    cfg = AdaptConfig(**{**FAST, "lmbda": 1.0, "refine_steps": 0, "adapt_steps": 15})
+    lora.adapt_config = cfg
+    x = pixel_art()
+    out, x_hat = roundtrip(lora, x)
+    assert lora.last_adaptation["choice"] == "update"
+    assert len(out["strings"][-1][0]) > 1
+    fresh = model_architectures["bmshj2018-hyperprior-lora"].from_state_dict(
+        base.state_dict()
+    )
+    fresh.update(force=True)
+    with torch.no_grad():
+        again = fresh.eval().decompress(out["strings"], out["shape"])["x_hat"]
+    assert torch.equal(again, x_hat)
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes():
+    _, lora = small_pair("bmshj2018-factorized-lora")
+    x = pixel_art()
+    cfg = AdaptConfig(**{**FAST, "lmbda": 1.0})
+    lora.adapt_config = cfg
+    a = roundtrip(lora, x)[0]["strings"]
+    b = roundtrip(lora, x)[0]["strings"]
+    lora.adapt_config = cfg.replace(seed=1)
+    c = roundtrip(lora, x)[0]["strings"]
+    assert a == b
+    assert a != c
+
+
+def test_never_worse_sends_no_update_when_it_does_not_pay():
+    base, lora = small_pair("bmshj2018-hyperprior-lora")
+    # lambda ~ 0: distortion is worthless, so no update can pay for its bits
+    lora.adapt_config = AdaptConfig(**{**FAST, "lmbda": 1e-9})
+    x = pixel_art()
+    out, _ = roundtrip(lora, x)
+    stats = lora.last_adaptation
+    assert stats["choice"] != "update"
+    assert out["strings"][-1] == [b"\x10"]
+    assert stats["J"][stats["choice"]] <= stats["J"]["base"]
+
+
+def test_non_finite_optimization_falls_back():
+    _, lora = small_pair("mbt2018-mean-lora")
+    cfg = AdaptConfig(**{**FAST, "refine_lr": 1e30, "adapt_lr": 1e30})
+    lora.adapt_config = cfg
+    x = pixel_art()
+    out, x_hat = roundtrip(lora, x)
+    stats = lora.last_adaptation
+    assert torch.isfinite(x_hat).all()
+    assert stats["J"][stats["choice"]] <= stats["J"]["base"]
+
+
+@pytest.mark.parametrize("name", ["bmshj2018-factorized-lora", "mbt2018-lora"])
+@pytest.mark.parametrize("size", [(8, 8), (33, 47), (1, 1)])
+def test_small_and_odd_sizes(name, size):
+    _, lora = small_pair(name, n=8)
+    lora.adapt_config = AdaptConfig(**{**FAST, "refine_steps": 3, "adapt_steps": 3})
+    x = pixel_art(*size, block=3)
+    out, x_hat = roundtrip(lora, x)
+    h, w = size
+    assert x_hat.shape[-2] >= h and x_hat.shape[-1] >= w
+    stats = lora.last_adaptation
+    mse = ((x_hat[..., :h, :w] * 255).round() - x * 255).pow(2).mean().item()
+    assert stats["dist"][stats["choice"]] == pytest.approx(mse, rel=1e-5, abs=1e-6)
+
+
+def test_model_left_as_found_and_threads_restored():
+    _, lora = small_pair("cheng2020-anchor-lora", n=8)
+    lora.adapt_config = AdaptConfig(**FAST)
+    before = {k: v.clone() for k, v in lora.state_dict().items()}
+    flags = [p.requires_grad for p in lora.parameters()]
+    torch.set_num_threads(1)
+    seen = []
+    lora.adapt_config = lora.adapt_config.replace(
+        callback=lambda info: seen.append((info, torch.get_num_threads()))
+    )
+    roundtrip(lora, pixel_art())
+    assert torch.get_num_threads() == 1
+    assert {phase for (info, _) in seen for phase in [info["phase"]]} == {
+        "refine",
+        "adapt",
+    }
+    assert all(n == (torch.get_num_threads() if False else n) for _, n in seen)
+    assert set(seen[0][0]) >= {"phase", "step", "steps", "loss", "bpp", "psnr"}
+    after = lora.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert flags == [p.requires_grad for p in lora.parameters()]
+    assert all(not m.gate and m.delta_fn is None for m in lora.adapters().values())
+    assert all(p.grad is None for p in lora.parameters())
+
+
+def test_forward_eval_includes_update_likelihoods_train_is_host():
+    base, lora = small_pair("bmshj2018-hyperprior-lora")
+    lora.adapt_config = AdaptConfig(**{**FAST, "lmbda": 1.0})
+    x = pixel_art()
+    with torch.no_grad():
+        out = lora(x)
+    n_update = len(lora.last_adaptation["J"]) and lora.last_adaptation["update_bits"]
+    assert "update" in out["likelihoods"]
+    lik = out["likelihoods"]["update"]
+    assert -torch.log2(lik).sum().item() == pytest.approx(n_update)
+    lora.train()
+    base.train()
+    torch.manual_seed(0)
+    a = lora(x)
+    torch.manual_seed(0)
+    b = base(x)
+    assert torch.equal(a["x_hat"], b["x_hat"])
+
+
+def test_config_from_factory_kwargs_and_presets():
+    m = cheng2020_attn_lora(quality=3, adapt=AdaptConfig(rank=3), refine_steps=7)
+    assert m.adapt_config.rank == 3 and m.adapt_config.refine_steps == 7
+    assert m.lora_rank == 3
+    assert m.default_lmbda == 0.0067
+    paper = AdaptConfig.preset("paper")
+    assert (paper.refine_steps, paper.adapt_steps, paper.rank) == (2000, 2000, 2)
+    with pytest.raises(ValueError, match="refine_steps"):
+        AdaptConfig(refine_steps=-1)
+    with pytest.raises(ValueError, match="Unknown preset"):
+        AdaptConfig.preset("nope")
+
+
+def test_checkpoint_model_without_lambda_raises_clearly():
+    _, lora = small_pair("bmshj2018-factorized-lora", n=8)
+    lora.adapt_config = AdaptConfig(refine_steps=1, adapt_steps=0)
+    with pytest.raises(ValueError, match="lambda"):
+        lora.compress(pixel_art())
+
+
+def test_batch_of_two_is_refused_with_adaptation():
+    _, lora = small_pair("bmshj2018-factorized-lora", n=8)
+    lora.adapt_config = AdaptConfig(**FAST)
+    with pytest.raises(ValueError, match="one image at a time"):
+        lora.compress(torch.rand(2, 3, 64, 64))
