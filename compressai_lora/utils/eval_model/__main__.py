@@ -35,6 +35,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -256,14 +257,38 @@ def _load_pretrained(arch: str, metric: str, quality: int) -> torch.nn.Module:
         ) from None
 
 
+def _state_dict_mismatch(err: BaseException) -> Optional[str]:
+    """Summary of torch's multi-line load_state_dict error, else None."""
+    text = str(err)
+    if "Error(s) in loading state_dict" not in text:
+        return None
+    parts = []
+    mismatches = []
+    for line in (line.strip() for line in text.splitlines()):
+        for label in ("Missing", "Unexpected"):
+            if line.startswith(f"{label} key(s)"):
+                keys = re.findall(r'"([^"]+)"', line)
+                parts.append(f"{len(keys)} {label.lower()} keys (e.g. {keys[0]})")
+        if line.startswith("size mismatch for "):
+            mismatches.append(line[len("size mismatch for ") :].split(":")[0])
+    if mismatches:
+        parts.append(f"{len(mismatches)} size mismatches (e.g. {mismatches[0]})")
+    return ", ".join(parts) or None
+
+
 def _load_checkpoint(arch: str, no_update: bool, path: str) -> torch.nn.Module:
     if not Path(path).is_file():
         raise CLIError(f"checkpoint not found: {path}")
     try:
         return host.load_checkpoint(arch, no_update, path)
     except Exception as err:
+        mismatch = _state_dict_mismatch(err)
+        if mismatch is None and not isinstance(err, KeyError):
+            raise CLIError(
+                f"cannot load checkpoint {path} as {arch}: {_short(err, limit=200)}"
+            ) from None
         raise CLIError(
-            f"cannot load checkpoint {path} as {arch} ({_short(err)}); "
+            f"cannot load checkpoint {path} as {arch} ({mismatch or _short(err)}); "
             "is it a checkpoint of another architecture?"
         ) from None
 
@@ -524,7 +549,10 @@ def _evaluate_run(
             if stats.get("choice") is not None:
                 job.choices[str(stats["choice"])] += 1
             if args.verbose:
-                tqdm.write(_image_line(filepath, job, rv, stats, done is not None))
+                tqdm.write(
+                    _image_line(filepath, job, rv, stats, done is not None),
+                    file=sys.stderr,
+                )
 
 
 def _image_line(filepath: Path, job: _Job, rv: dict, stats: dict, resumed: bool):
