@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import torch
 import torch.hub
-from compressai.models import FactorizedPrior, ScaleHyperprior
+from compressai.models import FactorizedPrior, ScaleHyperprior, ScaleHyperpriorVbr
 from compressai.utils.eval_model import __main__ as host
 from PIL import Image
 
+import compressai_lora.zoo as lora_zoo
+from compressai_lora.models import LoRAModelMixin
 from compressai_lora.utils.eval_model import __main__ as ours
 
 HOST_KEYS = ("psnr-rgb", "ms-ssim-rgb", "bpp", "encoding_time", "decoding_time")
@@ -154,6 +156,37 @@ def test_parity_with_host(env, tmp_path, capsys, mode, entropy_estimation):
         assert got["adaptation"]["enabled"] is False
 
 
+def test_parity_vbr(env, tmp_path, capsys):
+    torch.manual_seed(0)
+    net = ScaleHyperpriorVbr(8, 8, vr_entbttlnck=True).eval()
+    path = tmp_path / "vbr.pth.tar"
+    torch.save({"state_dict": net.state_dict()}, path)
+    argv = ["checkpoint", env["data"] / "ee", "-a", "bmshj2018-hyperprior-vbr"]
+    argv += ["-p", path, "--vbr_quantstep", "4,1"]
+    expected, _ = run(host.main, argv, capsys)
+    got, _ = run(ours.main, argv, capsys)
+    assert got["name"] == expected["name"]
+    for key in COMPARED:
+        assert got["results"][key] == pytest.approx(expected["results"][key], abs=1e-4)
+
+
+@pytest.mark.parametrize("arch", sorted(lora_zoo.image_models))
+def test_base_checkpoints_load_into_lora(env, tmp_path, capsys, arch):
+    base = arch[: -len("-lora")]
+    cls = host_zoo.model_architectures[base]
+    torch.manual_seed(0)
+    net = (cls(8) if base.startswith("cheng2020") else cls(8, 8)).eval()
+    net.update(force=True)
+    path = tmp_path / "base.pth.tar"
+    torch.save({"state_dict": net.state_dict(), "meta": {"lmbda": LMBDA}}, path)
+    _save_image(tmp_path / "img" / "a.png", 64, 64, 0)
+    argv = ["checkpoint", tmp_path / "img", "-a", arch, "-p", path]
+    got, _ = run(ours.main, [*argv, "--no-adapt", "--compare-base"], capsys)
+    # the -lora model without adaptation codes as the host class does
+    assert got["results"]["delta_psnr-rgb"] == [0.0]
+    assert 0 <= got["results"]["delta_bpp"][0] <= 8 / 64**2 + 1e-9
+
+
 # -- adaptation run, plot, compare-base -----------------------------------------
 def test_lora_run_plots(env, tmp_path, capsys):
     out = tmp_path / "out"
@@ -195,6 +228,53 @@ def test_lora_run_plots(env, tmp_path, capsys):
     )
     assert plot.returncode == 0, plot.stderr
     assert (out / "plot.png").stat().st_size > 0
+
+
+def test_adaptation_statistics(env, tmp_path, capsys, monkeypatch):
+    # Stand-in for the adaptation: drives the callback, fills last_adaptation.
+    compress = LoRAModelMixin.compress
+    seen = []
+
+    def adapting_compress(self, x):
+        cfg = self.adapt_config
+        seen.append(cfg)
+        for phase in ("refine", "adapt"):
+            for step in range(2):
+                info = {"phase": phase, "step": step, "steps": 2, "loss": 1.0}
+                cfg.callback({**info, "bpp": 0.1, "psnr": 30.0, "gates": []})
+        out = compress(self, x)
+        self.last_adaptation = {
+            "choice": "update",
+            "update_bits": 64,
+            "open_gates": ["g_s.4", "g_s.6"],
+            "refine_time": 0.25,
+            "adapt_time": 0.5,
+        }
+        return out
+
+    monkeypatch.setattr(LoRAModelMixin, "compress", adapting_compress)
+    argv = ["pretrained", env["data"] / "small", "-a", "bmshj2018-factorized-lora"]
+    argv += ["-q", "2", "--lr", "0.01", "--rank", "3", "--lmbda", "0.02"]
+    argv += ["--per-image", "-d", tmp_path]
+    got, _ = run(ours.main, argv, capsys)
+    assert seen[0].refine_lr == seen[0].adapt_lr == 0.01
+    assert seen[0].rank == 3 and seen[0].lmbda == 0.02 and seen[0].enabled
+    results = got["results"]
+    assert list(results)[:8] == [
+        *HOST_KEYS,
+        "update_bpp",
+        "open_gates",
+        "adaptation_time",
+    ]
+    assert results["update_bpp"][0] == pytest.approx((64 / 64**2 + 64 / 960) / 2)
+    assert results["open_gates"] == [2]
+    assert results["adaptation_time"] == [0.75]
+    assert got["adaptation"]["choices"] == [{"update": 2}]
+    per_image = json.loads(
+        (tmp_path / "b-bmshj2018-factorized-lora-mse-2-ans.json").read_text()
+    )
+    assert per_image["adaptation"]["open_gates"] == ["g_s.4", "g_s.6"]
+    assert per_image["results"]["update_bpp"] == pytest.approx(64 / 960)
 
 
 def test_compare_base_bd_rate(env, capsys):
@@ -370,6 +450,8 @@ def test_wrong_architecture_checkpoint(env, capsys, arch):
     assert len(err.strip().splitlines()[-1]) < 400
     err = fails([*argv, "-p", env["ckpt"] / "missing.pth.tar"], capsys)
     assert "checkpoint not found" in err
+    err = fails([*argv, "-p", env["data"] / "small" / "a.png"], capsys)
+    assert "cannot load checkpoint" in err
 
 
 def test_bad_options(env, capsys):

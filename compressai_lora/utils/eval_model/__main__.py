@@ -89,35 +89,58 @@ def _add_adaptation_args(parser: argparse.ArgumentParser) -> None:
         help="adaptation preset, e.g. 'paper' (2000 + 2000 steps, rank 2)",
     )
     group.add_argument(
-        "--refine-steps", type=int, default=None, help="latent refinement steps"
+        "--refine-steps",
+        type=int,
+        metavar="N",
+        default=None,
+        help="latent refinement steps",
     )
     group.add_argument(
-        "--adapt-steps", type=int, default=None, help="decoder-update steps"
+        "--adapt-steps",
+        type=int,
+        metavar="N",
+        default=None,
+        help="decoder-update steps",
     )
     group.add_argument(
         "--lr",
         type=float,
+        metavar="LR",
         default=None,
         help="learning rate of both phases (see --refine-lr, --adapt-lr)",
     )
     group.add_argument(
-        "--refine-lr", type=float, default=None, help="learning rate of refinement"
+        "--refine-lr",
+        type=float,
+        metavar="LR",
+        default=None,
+        help="learning rate of refinement",
     )
     group.add_argument(
-        "--adapt-lr", type=float, default=None, help="learning rate of the update"
+        "--adapt-lr",
+        type=float,
+        metavar="LR",
+        default=None,
+        help="learning rate of the update",
     )
-    group.add_argument("--rank", type=int, default=None, help="rank of the update")
+    group.add_argument(
+        "--rank", type=int, metavar="R", default=None, help="rank of the update"
+    )
     group.add_argument(
         "--lmbda",
         type=float,
+        metavar="L",
         default=None,
         help="RD trade-off of the adaptation loss (default: the quality's "
         "lambda; in checkpoint mode the checkpoint's meta['lmbda'])",
     )
-    group.add_argument("--seed", type=int, default=None, help="random seed")
+    group.add_argument(
+        "--seed", type=int, metavar="S", default=None, help="random seed"
+    )
     group.add_argument(
         "--threads",
         type=int,
+        metavar="T",
         default=None,
         help="torch threads while adapting (default: all CPU cores)",
     )
