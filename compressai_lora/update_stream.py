@@ -78,10 +78,16 @@ def step_from_code(code: int) -> float:
 def quantize(factors: Mapping[str, Tensor], step_code: int) -> LayerUpdate:
     """Round factors to the uniform grid of ``step_from_code(step_code)``."""
     step = step_from_code(step_code)
-    symbols = {
-        k: torch.round(v.detach().float().cpu() / step).to(torch.int32)
-        for k, v in factors.items()
-    }
+    symbols = {}
+    for k, v in factors.items():
+        q = torch.round(v.detach().float().cpu() / step)
+        # Checked before the int32 cast, whose result for NaN/inf or overflow
+        # depends on the platform.
+        if not torch.isfinite(q).all() or (q.abs() > MAX_SYMBOL).any():
+            raise ValueError(
+                f"factor {k} is non-finite or exceeds {MAX_SYMBOL} quantization steps"
+            )
+        symbols[k] = q.to(torch.int32)
     return LayerUpdate(symbols, step)
 
 
