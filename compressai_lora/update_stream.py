@@ -39,6 +39,7 @@ from .priors import best_scale, cdf_tables
 
 __all__ = [
     "FORMAT_VERSION",
+    "MAX_SYMBOL",
     "DEFAULT_STEP_CODE",
     "LayerUpdate",
     "step_from_code",
@@ -51,6 +52,10 @@ __all__ = [
 FORMAT_VERSION = 1
 DEFAULT_STEP_CODE = 24  # step 2 ** -6
 _HAS_UPDATE = 0x01
+#: Largest |symbol| we code.  compressai's rANS encoder never returns for
+#: bypass-coded raw values >= 2 ** 28 (its shift loop wraps), and a corrupted
+#: payload can decode to any 32-bit value: both sides check this bound.
+MAX_SYMBOL = 2**26
 
 
 @dataclass
@@ -73,10 +78,16 @@ def step_from_code(code: int) -> float:
 def quantize(factors: Mapping[str, Tensor], step_code: int) -> LayerUpdate:
     """Round factors to the uniform grid of ``step_from_code(step_code)``."""
     step = step_from_code(step_code)
-    symbols = {
-        k: torch.round(v.detach().float().cpu() / step).to(torch.int32)
-        for k, v in factors.items()
-    }
+    symbols = {}
+    for k, v in factors.items():
+        q = torch.round(v.detach().float().cpu() / step)
+        # Checked before the int32 cast, whose result for NaN/inf or overflow
+        # depends on the platform.
+        if not torch.isfinite(q).all() or (q.abs() > MAX_SYMBOL).any():
+            raise ValueError(
+                f"factor {k} is non-finite or exceeds {MAX_SYMBOL} quantization steps"
+            )
+        symbols[k] = q.to(torch.int32)
     return LayerUpdate(symbols, step)
 
 
@@ -124,6 +135,13 @@ def encode_update(
         gates[i // 8] |= 0x80 >> (i % 8)
         for tensor in updates[i].symbols.values():
             flat = tensor.flatten()
+            if flat.numel() and not (
+                -MAX_SYMBOL <= int(flat.min()) and int(flat.max()) <= MAX_SYMBOL
+            ):
+                raise ValueError(
+                    f"quantized factor of layer {i} exceeds {MAX_SYMBOL} steps "
+                    "(non-finite or far too large for the quantization step)"
+                )
             j = best_scale(flat)
             nibbles.append(j)
             symbols += flat.tolist()
@@ -247,6 +265,8 @@ def decode_update(
     # decoder reads at most a few 32-bit words per symbol past the real data.
     padded = payload + bytes(16 * len(indexes) + 64)
     values = RansDecoder().decode_with_indexes(padded, indexes, cdfs, lengths, offsets)
+    if any(not -MAX_SYMBOL <= v <= MAX_SYMBOL for v in values):
+        raise ValueError("update stream corrupted: factor value out of range")
     if _rans(values, indexes) != payload:
         raise ValueError("update stream corrupted: payload does not decode cleanly")
 
