@@ -17,16 +17,14 @@ import json
 import math
 import sys
 import time
-
 from pathlib import Path
 
 import torch
-
+from compressai_lora.checkpoint_io import load_model
 from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
 import compressai_lora  # noqa: F401  (registers the -lora models)
-
 from compressai_lora.adapt import AdaptConfig
 from compressai_lora.adapt.engine import (
     _split_g_s,
@@ -36,7 +34,6 @@ from compressai_lora.adapt.engine import (
     torch_threads,
 )
 from compressai_lora.adapt.latents import analyse, latent_terms
-from compressai_lora.checkpoint_io import load_model
 
 
 def psnr(dist: float) -> float:

@@ -18,13 +18,11 @@ import contextlib
 import math
 import os
 import time
-
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
-
 from pytorch_msssim import ms_ssim, ssim
 from torch import Tensor
 
@@ -111,6 +109,19 @@ def _finite(t: Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
+#: refined latents beyond this magnitude are treated as diverged (real latents
+#: stay within a few hundred; the range coder's escape codes grow with |value|)
+LATENT_LIMIT = 2.0**15
+
+
+def _sane(*tensors: Optional[Tensor], limit: float = LATENT_LIMIT) -> bool:
+    """Finite and within ``limit``: safe to code."""
+    return all(
+        t is None or bool(torch.isfinite(t).all() and t.abs().max() <= limit)
+        for t in tensors
+    )
+
+
 # -- phase 1 ---------------------------------------------------------------
 def refine_latents(
     model, x: Tensor, y0: Tensor, z0: Optional[Tensor], lmbda: float, cfg, gen, cb
@@ -140,6 +151,8 @@ def refine_latents(
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if not _sane(y, z):  # diverged: keep the best state so far
+            break
         since += 1
         if (t + 1) % EVAL_EVERY == 0 or t == steps - 1:
             with torch.no_grad():
@@ -244,6 +257,7 @@ def train_update(
             on = decisions is None or decisions[i]
             m.delta_fn = delta_fn(i) if on else None
 
+    limit = step * update_stream.MAX_SYMBOL / 4
     best_loss, best_state, since = math.inf, None, 0
     t = -1
     try:
@@ -277,15 +291,20 @@ def train_update(
                 break
             if decisions is not None and loss.item() < best_loss:
                 best_loss, since = loss.item(), 0
-                best_state = [{k: v.detach().clone() for k, v in f.items()} for f in factors]
+                best_state = [
+                    {k: v.detach().clone() for k, v in f.items()} for f in factors
+                ]
             since += 1
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if not _sane(*(v for f in factors for v in f.values()), limit=limit):
+                break  # diverged: fall back to the best state so far
             if cb:
-                n_open = sum(float(gate_vals[i]) > 0.5 for i in gate_vals) if (
-                    decisions is None
-                ) else len(open_layers())
+                if decisions is None:
+                    n_open = sum(g.item() > 0.5 for g in gate_vals.values())
+                else:
+                    n_open = len(open_layers())
                 cb(_progress("adapt", t, cfg.adapt_steps, loss, bpp, x_hat, x, n_open))
             if decisions is not None and cfg.patience and since >= cfg.patience:
                 break
@@ -299,7 +318,7 @@ def train_update(
         i: update_stream.quantize(final[i], cfg.step_code)
         for i in range(len(adapters))
         if decisions[i]
-        and all(torch.isfinite(v).all() for v in final[i].values())
+        and _sane(*final[i].values(), limit=limit)
         and any(torch.round(v / step).abs().sum() > 0 for v in final[i].values())
     }
     return updates, {
@@ -434,9 +453,7 @@ def adapt_and_compress(
         with torch.enable_grad(), frozen(model), torch_threads(cfg.threads):
             y, z, s = refine_latents(model, x, y0, z0, lmbda, cfg, gen, cb)
         stats.update(s)
-        refined = _latent_candidate(
-            model, "refined", x, xp, y, z, lmbda, cfg.metric
-        )
+        refined = _latent_candidate(model, "refined", x, xp, y, z, lmbda, cfg.metric)
         candidates.append(refined)
     stats["refine_time"] = time.perf_counter() - t0
 

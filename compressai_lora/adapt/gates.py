@@ -11,7 +11,6 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-
 from torch import Tensor
 
 __all__ = ["GateNetwork"]
@@ -62,7 +61,9 @@ def init_gates(
             for p in g.parameters():
                 if p.dim() > 1:
                     bound = 1.0 / max(p[0].numel(), 1) ** 0.5
-                    p.copy_(torch.rand(p.shape, generator=generator) * 2 * bound - bound)
+                    p.copy_(
+                        torch.rand(p.shape, generator=generator) * 2 * bound - bound
+                    )
             g.head.weight.mul_(0.1)
         gates.append(g.to(device))
     return gates

@@ -14,12 +14,10 @@ entropy-modelled.  These functions give the adaptation one view of all six:
 from __future__ import annotations
 
 import contextlib
-
 from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn as nn
-
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.models import (
     JointAutoregressiveHierarchicalPriors,
@@ -123,4 +121,3 @@ def fixed_latents(model: nn.Module, y: Tensor, z: Optional[Tensor]) -> Iterator:
     finally:
         for name, module in saved.items():
             setattr(model, name, module)
-

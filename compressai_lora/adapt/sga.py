@@ -9,11 +9,9 @@ rounding.
 from __future__ import annotations
 
 import math
-
 from typing import Optional
 
 import torch
-
 from torch import Tensor
 
 __all__ = ["sga_round", "temperature"]
