@@ -3,14 +3,22 @@
 The adapter wraps a host ``nn.Conv2d`` or ``nn.ConvTranspose2d`` and adds a
 rank-``r`` update of its kernel.  Two update forms are available:
 
-* ``"separable"`` (default): ``dW[o, i] = sum_r B[o, r] A[r, i] (E + K[r])``
+* ``"separable"`` (default): ``dW[o, i] = sum_r B[o, r] (P + A)[r, i] (E + K[r])``
   where ``E`` is the centre impulse and ``K[r]`` a ``kh x kw`` spatial kernel
   offset per rank component.  It costs ``r * (C_in + C_out + kh * kw)``
   numbers, a few more than a 1x1 update, and contains both the 1x1 update at
   the centre tap (``K = 0``, its initial value, which costs almost nothing to
   send) and the reference code's broadcast onto all taps (``E + K = 1``).
-* ``"full"``: ``dW = (B @ A).view(C_out, C_in, kh, kw)`` as in PEFT's conv
-  LoRA; ``A`` spans ``C_in * kh * kw`` so it costs about ``kh * kw`` times more.
+* ``"full"``: ``dW = (B @ (P + A)).view(C_out, C_in, kh, kw)`` as in PEFT's
+  conv LoRA; ``A`` spans ``C_in * kh * kw`` so it costs about ``kh * kw``
+  times more.
+
+``P`` is a fixed pseudo-random +-1/sqrt(fan_in) projection that encoder and
+decoder compute from an integer hash (no bits, no RNG, the same on every
+platform).  Only the offsets ``A`` and ``K`` and the factor ``B`` are sent,
+all starting at zero: an open layer costs almost nothing until it pays, and
+``B`` gets a gradient from the first step (with a random ``A`` that had to be
+transmitted, its bits would be spent before the update helps).
 
 The factors are per-image state, not weights: they are non-persistent buffers,
 never part of ``state_dict()``, and the wrapped convolution keeps its host
@@ -65,6 +73,7 @@ class LoRAConv(nn.Module):
         #: optional ``fn(x) -> dW`` used instead of the stored factors (the
         #: optimizer's trainable, gated update); None in normal use
         self.delta_fn: Optional[Callable[[Tensor], Tensor]] = None
+        self._projection: Optional[Tensor] = None
         self.gate = False
         self.rank = 0
         self.reset(rank)
@@ -87,15 +96,12 @@ class LoRAConv(nn.Module):
     def initial_factors(
         self, generator: Optional[torch.Generator] = None
     ) -> dict[str, Tensor]:
-        """Trainable starting point: kaiming-uniform ``A``, zero ``B`` and ``K``."""
-        shapes = self.factor_shapes()
+        """Trainable starting point: all zero (no update, nearly free to send).
+
+        ``generator`` is accepted for API stability and unused.
+        """
         w = self.base.weight
-        fan_in = shapes["A"][1]
-        bound = (3.0 / max(fan_in, 1)) ** 0.5
-        a = torch.rand(shapes["A"], generator=generator, dtype=w.dtype)
-        out = {k: w.new_zeros(shape) for k, shape in shapes.items()}
-        out["A"] = ((a * 2 - 1) * bound).to(w.device)
-        return out
+        return {k: w.new_zeros(shape) for k, shape in self.factor_shapes().items()}
 
     def reset(self, rank: Optional[int] = None) -> None:
         """Drop the update: zero factors, gate closed (optionally change rank)."""
@@ -130,9 +136,23 @@ class LoRAConv(nn.Module):
         return {name: getattr(self, name) for name in self.factor_shapes()}
 
     # -- delta / merge -----------------------------------------------------
+    def projection(self) -> Tensor:
+        """The fixed projection ``P`` (shape of ``A``), from an integer hash."""
+        shape = self.factor_shapes()["A"]
+        idx = torch.arange(shape[0] * shape[1], dtype=torch.int64)
+        h = (idx * 2654435761 + 0x9E3779B9) % 2**32
+        h = ((h ^ (h >> 16)) * 0x45D9F3B) % 2**32
+        h = h ^ (h >> 16)
+        sign = (h & 1).to(self.base.weight.dtype) * 2 - 1
+        p = sign.view(shape) / shape[1] ** 0.5
+        return p.to(self.base.weight.device)
+
     def delta_from(self, A: Tensor, B: Tensor, K: Optional[Tensor] = None) -> Tensor:
         """Kernel update (shaped like ``base.weight``) from explicit factors."""
         kh, kw = self.kernel_size
+        if self._projection is None or self._projection.shape != A.shape:
+            self._projection = self.projection()
+        A = self._projection.to(A) + A
         if self.form == "full":
             d = (B @ A).view(self.out_channels, self.in_channels, kh, kw)
         else:

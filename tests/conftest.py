@@ -69,6 +69,7 @@ def set_random_update(
         if i % 2:
             continue
         factors = m.initial_factors(g)
+        factors["A"] = 0.1 * torch.randn(factors["A"].shape, generator=g)
         factors["B"] = torch.randn(factors["B"].shape, generator=g) * scale
         if "K" in factors:
             factors["K"] = factors["K"] + 0.2 * torch.randn(

@@ -32,8 +32,15 @@ def _random_factors(layer, seed=0):
 
 
 def _reference_delta(layer, A, B, K=None):
-    """dW written out per rank component, in the (C_out, C_in, kh, kw) layout."""
+    """dW written out per rank component, in the (C_out, C_in, kh, kw) layout.
+
+    ``A`` and ``K`` are offsets from the fixed projection and the centre tap.
+    """
     kh, kw = layer.kernel_size
+    A = layer.projection() + A
+    if K is not None:
+        K = K.clone()
+        K[:, kh // 2, kw // 2] += 1.0
     if layer.form == "full":
         d = sum(
             torch.outer(B[:, r], A[r]).view(-1, layer.in_channels, kh, kw)
@@ -79,8 +86,18 @@ def test_initial_factors_give_zero_delta(base, form):
     layer = LoRAConv(base, form=form)
     init = layer.initial_factors(torch.Generator().manual_seed(0))
     assert init.keys() == layer.factor_shapes().keys()
-    assert torch.count_nonzero(init["A"]) > 0
+    assert all(torch.count_nonzero(v) == 0 for v in init.values())  # free to send
     assert torch.count_nonzero(layer.delta_from(**init)) == 0
+
+
+def test_projection_is_a_fixed_sign_pattern(base, form):
+    layer = LoRAConv(base, form=form)
+    p = layer.projection()
+    fan_in = layer.factor_shapes()["A"][1]
+    assert p.shape == layer.factor_shapes()["A"]
+    assert torch.allclose(p.abs(), torch.full_like(p, fan_in**-0.5))
+    assert torch.equal(p, LoRAConv(base, form=form).projection())
+    assert 0.3 < (p > 0).float().mean() < 0.7
 
 
 def test_closed_gate_has_no_effect(base, form):

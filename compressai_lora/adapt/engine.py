@@ -218,8 +218,7 @@ def train_update(
 
     factors = []
     for m in adapters:
-        f = {k: torch.zeros(s) for k, s in m.factor_shapes().items()}
-        f["A"] = torch.randn(f["A"].shape, generator=gen) * step
+        f = m.initial_factors()
         factors.append({k: v.to(x.device).requires_grad_(True) for k, v in f.items()})
     gates = init_gates([m.in_channels for m in adapters], gen, x.device)
     opt = torch.optim.Adam(
