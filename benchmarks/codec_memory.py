@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a source tree
 SAMPLE = ROOT / "samples" / "colored-circles_72dpi.png"
 
 _CHILD = """

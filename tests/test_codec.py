@@ -585,3 +585,20 @@ def test_write_atomic_leaves_nothing_on_failure(tmp_path):
     write_atomic(str(tmp_path / "o.png"), lambda f: f.write(b"new"), force=True)
     assert (tmp_path / "o.png").read_bytes() == b"new"
     assert os.listdir(tmp_path) == ["o.png"]
+
+
+def test_pretrained_weights_unavailable(tmp_path, images, monkeypatch, capsys):
+    """No download possible: one line, no output (torch.hub's chatter hidden)."""
+    import urllib.error
+
+    import compressai_lora.zoo.image as zoo_image
+
+    def offline(url, *args, **kwargs):
+        sys.stderr.write(f'Downloading: "{url}"\n')
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(zoo_image, "load_state_dict_from_url", offline)
+    argv = ["encode", images["rgb"], "-o", tmp_path / "o.clr", "-a", CHEAP, "-q", 1]
+    code, _, err = run(argv, capsys)
+    assert_clean_error(code, err, "pretrained", "-p")
+    assert_no_output(tmp_path, "o.clr")

@@ -17,11 +17,13 @@ behind or overwritten (unless ``--force``).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
 import tempfile
 import time
+from contextlib import nullcontext, redirect_stderr
 from typing import Any, BinaryIO, Callable, Optional, Sequence
 
 import numpy as np
@@ -179,9 +181,12 @@ def build_model(
         if arch not in image_models:
             raise CodecError(f"unknown architecture {arch}")
         try:
-            net = image_models[arch](
-                quality, metric=metric, pretrained=True, progress=progress
-            )
+            # torch.hub writes "Downloading: ..." to stderr even without progress
+            quiet = nullcontext() if progress else redirect_stderr(io.StringIO())
+            with quiet:
+                net = image_models[arch](
+                    quality, metric=metric, pretrained=True, progress=progress
+                )
         except ValueError as e:
             raise CodecError(_oneline(e)) from None
         except Exception as e:
