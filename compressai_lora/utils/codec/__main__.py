@@ -248,6 +248,10 @@ def reconstruct(
     return x_hat.permute(1, 2, 0).cpu().numpy()
 
 
+def _nbytes(n: int) -> str:
+    return f"{n} byte" if n == 1 else f"{n} bytes"
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
@@ -358,11 +362,11 @@ def encode(args: argparse.Namespace) -> None:
 
     pixels = width * height
     parts = [
-        f"{args.image} -> {args.output}: {width}x{height}, {len(data)} bytes, "
+        f"{args.image} -> {args.output}: {width}x{height}, {_nbytes(len(data))}, "
         f"{len(data) * 8 / pixels:.4f} bpp"
     ]
     if lora:
-        parts.append(f"update {len(strings[-1][0])} bytes")
+        parts.append(f"update {_nbytes(len(strings[-1][0]))}")
         stats = getattr(model, "last_adaptation", None) or {}
         if "choice" in stats:
             parts.append(f"sent {stats['choice']}")
@@ -470,7 +474,7 @@ def info(args: argparse.Namespace) -> None:
         weights = f"checkpoint {d['weights']!r}, {d['metric']}"
     if d["rank"]:
         update = d["update_bytes"]
-        adapters = f"rank {d['rank']}, form {d['form']}; update {update} bytes"
+        adapters = f"rank {d['rank']}, form {d['form']}; update {_nbytes(update)}"
         adapters += " (none sent)" if update == 1 else ""
     else:
         adapters = "none (base architecture)"
