@@ -328,6 +328,7 @@ def encode(args: argparse.Namespace) -> None:
     elif _adaptation_flags_given(args):
         _warn(f"{args.architecture} has no adapters: adaptation flags are ignored")
 
+    weights = fingerprint(model.state_dict())  # what the decoder must load
     x = to_tensor(rgb, device)
     start = time.perf_counter()
     try:
@@ -344,7 +345,7 @@ def encode(args: argparse.Namespace) -> None:
         arch=args.architecture,
         metric=metric,
         quality=quality or 0,
-        weights=fingerprint(model.state_dict()),
+        weights=weights,
         weights_label=label,
         rank=model.lora_rank if lora else 0,
         form=model.adapt_config.form if lora else "",
