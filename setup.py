@@ -21,6 +21,8 @@ setup(
     ],
     extras_require={"test": ["pytest"], "dev": ["pytest", "ruff"]},
     entry_points={
-        "console_scripts": [],
+        "console_scripts": [
+            "compressai-lora = compressai_lora.utils.codec.__main__:console_main",
+        ],
     },
 )

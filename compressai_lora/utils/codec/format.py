@@ -1,0 +1,282 @@
+"""The compressed-file format of ``compressai-lora encode`` (version 1).
+
+Layout, every variable-size field length-framed (``varint``: unsigned LEB128,
+at most 5 bytes; ``str8``: 1-byte length + ASCII)::
+
+    4 bytes   magic b"CALR"
+    1 byte    format version (1)
+    varint    header length H, then H bytes of header:
+                str8    architecture (zoo name, e.g. "cheng2020-attn-lora")
+                str8    metric ("mse" or "ms-ssim")
+                1 byte  quality (1..8; 0: weights from a checkpoint file)
+                8 bytes weights fingerprint (SHA-256 prefix of the state dict)
+                str8    weights label (zoo "q3-mse" or the checkpoint's file name)
+                1 byte  adapter rank (0: base architecture, no update stream)
+                str8    adapter update form ("" for a base architecture)
+                varint  image width, varint image height (original size)
+                1 byte  flags (bit 0: encoded on CUDA)
+                1 byte  number of latent dimensions D, then D varints
+                        (the ``shape`` passed to ``decompress``)
+    varint    number of string groups G, then per group:
+                varint  number of strings S, then per string:
+                  varint length, bytes
+    4 bytes   CRC-32 (zlib, big-endian) of every byte before it
+
+The string groups are ``compress()["strings"]`` as the model returned them:
+the host's latent strings and, for ``-lora`` models, the update stream as the
+last group (``[update_bytes]``, see :mod:`compressai_lora.update_stream`).
+
+Readers check, in this order: length, magic, version, CRC, then parse every
+byte strictly (no trailing bytes).  Every failure raises :class:`FormatError`
+with a one-line message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+
+__all__ = [
+    "MAGIC",
+    "FORMAT_VERSION",
+    "FormatError",
+    "Header",
+    "pack",
+    "unpack",
+    "weights_fingerprint",
+]
+
+MAGIC = b"CALR"
+FORMAT_VERSION = 1
+FLAG_CUDA = 0x01
+MAX_SIDE = 1 << 20
+_MIN_SIZE = len(MAGIC) + 1 + 1 + 1 + 4  # magic, version, header len, G, CRC
+
+
+class FormatError(ValueError):
+    """The data is not a valid compressai-lora file of a version we read."""
+
+
+@dataclass(frozen=True)
+class Header:
+    """What the decoder needs besides the strings.
+
+    Args:
+        arch: zoo architecture name
+        metric: "mse" or "ms-ssim"
+        quality: zoo quality level, 0 when the weights came from a checkpoint
+        weights: 8-byte fingerprint of the weights (:func:`weights_fingerprint`)
+        weights_label: human-readable name of the weights (for messages only)
+        rank: adapter rank of a ``-lora`` model, 0 for a base architecture
+        form: adapter update form ("" for a base architecture)
+        width: original image width
+        height: original image height
+        shape: latent shape given to ``decompress``
+        cuda: encoded on a CUDA device
+    """
+
+    arch: str
+    metric: str
+    quality: int
+    weights: bytes
+    weights_label: str
+    rank: int
+    form: str
+    width: int
+    height: int
+    shape: tuple[int, ...]
+    cuda: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.quality <= 255 or not 0 <= self.rank <= 255:
+            raise FormatError("quality and rank must be in [0, 255]")
+        if len(self.weights) != 8:
+            raise FormatError("the weights fingerprint must be 8 bytes")
+        if not (1 <= self.width <= MAX_SIDE and 1 <= self.height <= MAX_SIDE):
+            raise FormatError(
+                f"image size {self.width}x{self.height} out of range [1, {MAX_SIDE}]"
+            )
+        if not 1 <= len(self.shape) <= 8 or not all(
+            1 <= d <= MAX_SIDE for d in self.shape
+        ):
+            raise FormatError(f"invalid latent shape {self.shape}")
+
+
+# -- writing ---------------------------------------------------------------
+def _varint(n: int) -> bytes:
+    if not 0 <= n < 1 << 35:
+        raise FormatError(f"value {n} does not fit a 5-byte varint")
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _str8(s: str) -> bytes:
+    raw = s.encode("ascii", errors="replace")[:255]
+    return bytes([len(raw)]) + raw
+
+
+def _header_bytes(h: Header) -> bytes:
+    return b"".join(
+        [
+            _str8(h.arch),
+            _str8(h.metric),
+            bytes([h.quality]),
+            h.weights,
+            _str8(h.weights_label),
+            bytes([h.rank]),
+            _str8(h.form),
+            _varint(h.width),
+            _varint(h.height),
+            bytes([FLAG_CUDA if h.cuda else 0]),
+            bytes([len(h.shape)]),
+            *(_varint(int(d)) for d in h.shape),
+        ]
+    )
+
+
+def pack(header: Header, strings: Sequence[Sequence[bytes]]) -> bytes:
+    """Serialize ``header`` and ``compress()["strings"]`` to the file bytes."""
+    head = _header_bytes(header)
+    parts = [MAGIC, bytes([FORMAT_VERSION]), _varint(len(head)), head]
+    parts.append(_varint(len(strings)))
+    for group in strings:
+        if not isinstance(group, (list, tuple)):
+            raise FormatError("each strings entry must be a list of bytes")
+        parts.append(_varint(len(group)))
+        for s in group:
+            if not isinstance(s, (bytes, bytearray)):
+                raise FormatError(f"strings must hold bytes, got {type(s).__name__}")
+            parts += [_varint(len(s)), bytes(s)]
+    body = b"".join(parts)
+    return body + zlib.crc32(body).to_bytes(4, "big")
+
+
+# -- reading ---------------------------------------------------------------
+class _Reader:
+    def __init__(self, data: bytes, what: str):
+        self.data, self.pos, self.what = data, 0, what
+
+    def take(self, n: int, field: str) -> bytes:
+        if n > len(self.data) - self.pos:
+            raise FormatError(f"corrupted {self.what}: {field} runs past its end")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def byte(self, field: str) -> int:
+        return self.take(1, field)[0]
+
+    def varint(self, field: str) -> int:
+        n = 0
+        for shift in range(0, 35, 7):
+            byte = self.byte(field)
+            n |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                if byte == 0 and shift:
+                    raise FormatError(f"corrupted {self.what}: {field} is not minimal")
+                return n
+        raise FormatError(f"corrupted {self.what}: {field} is too long")
+
+    def str8(self, field: str) -> str:
+        raw = self.take(self.byte(field), field)
+        try:
+            return raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise FormatError(f"corrupted {self.what}: {field} is not ASCII") from None
+
+    def end(self) -> None:
+        if self.pos != len(self.data):
+            left = len(self.data) - self.pos
+            raise FormatError(f"corrupted {self.what}: {left} trailing byte(s)")
+
+
+def _parse_header(data: bytes) -> Header:
+    r = _Reader(data, "header")
+    arch = r.str8("architecture")
+    metric = r.str8("metric")
+    quality = r.byte("quality")
+    weights = r.take(8, "weights fingerprint")
+    label = r.str8("weights label")
+    rank = r.byte("rank")
+    form = r.str8("update form")
+    width = r.varint("width")
+    height = r.varint("height")
+    flags = r.byte("flags")
+    if flags & ~FLAG_CUDA:
+        raise FormatError(f"corrupted header: unknown flags {flags:#04x}")
+    shape = tuple(r.varint("latent shape") for _ in range(r.byte("latent rank")))
+    r.end()
+    return Header(
+        arch=arch,
+        metric=metric,
+        quality=quality,
+        weights=weights,
+        weights_label=label,
+        rank=rank,
+        form=form,
+        width=width,
+        height=height,
+        shape=shape,
+        cuda=bool(flags & FLAG_CUDA),
+    )
+
+
+def unpack(data: bytes) -> tuple[Header, list[list[bytes]]]:
+    """Parse file bytes into ``(header, strings)``; raises :class:`FormatError`."""
+    data = bytes(data)
+    if not data:
+        raise FormatError("file is empty")
+    if data[: len(MAGIC)] != MAGIC[: len(data)]:
+        raise FormatError("not a compressai-lora file (bad magic bytes)")
+    if len(data) < _MIN_SIZE:
+        raise FormatError(f"file is truncated ({len(data)} bytes)")
+    version = data[len(MAGIC)]
+    if version != FORMAT_VERSION:
+        raise FormatError(
+            f"file has format version {version}, this decoder reads version "
+            f"{FORMAT_VERSION}"
+        )
+    body, crc = data[:-4], int.from_bytes(data[-4:], "big")
+    if zlib.crc32(body) != crc:
+        raise FormatError("file is corrupted or truncated (CRC-32 mismatch)")
+    r = _Reader(body, "file")
+    r.take(len(MAGIC) + 1, "magic and version")
+    try:
+        header = _parse_header(r.take(r.varint("header length"), "header"))
+    except FormatError as e:
+        raise FormatError(f"corrupted file: {e}") from None
+    strings: list[list[bytes]] = []
+    for _ in range(r.varint("string group count")):
+        group = []
+        for _ in range(r.varint("string count")):
+            group.append(r.take(r.varint("string length"), "string"))
+        strings.append(group)
+    r.end()
+    return header, strings
+
+
+def weights_fingerprint(state_dict: Mapping[str, torch.Tensor]) -> bytes:
+    """First 8 bytes of SHA-256 over names, dtypes, shapes and raw bytes.
+
+    Computed on the model's ``state_dict()`` after ``update(force=True)``, i.e.
+    on exactly what decoding depends on (weights and entropy-coder tables);
+    the same weights give the same fingerprint on any device.
+    """
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name]
+        if not isinstance(t, torch.Tensor):
+            continue
+        t = t.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(state_dict[name].shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.digest()[:8]
