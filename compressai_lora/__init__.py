@@ -4,9 +4,16 @@ Importing the package registers ``<arch>-lora`` models (``cheng2020-attn-lora``
 and the others) into CompressAI's model registry and zoo.
 """
 
+import warnings
+
 from importlib.metadata import PackageNotFoundError, version
 
-import compressai
+# compressai imports torch_geometric, which warns about torch.jit.script on every
+# import under torch 2.14; it is not ours to fix and drowns our tools' stderr.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")
+    import compressai
+    import compressai.zoo  # noqa: F401  (imports the rest of compressai)
 
 _SUPPORTED = ((1, 2, 8), (1, 3, 0))  # compressai>=1.2.8,<1.3: we use its internals
 
