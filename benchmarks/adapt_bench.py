@@ -6,7 +6,8 @@ of each phase, and the speed of our phase-2 step against the same step done
 the reference way (entropy model and whole g_s re-run every step), measured
 side by side in one run.
 
-    python benchmarks/adapt_bench.py --checkpoint ../shared/weights/cheng2020-attn-N64-q3.pth.tar \
+    python benchmarks/adapt_bench.py \
+        --checkpoint ../shared/weights/cheng2020-attn-N64-q3.pth.tar \
         --images ../shared/data/ood/pixel/pyxel_10_platformer_f050.png --crop 256
 """
 
@@ -20,8 +21,8 @@ import time
 from pathlib import Path
 
 import torch
-from compressai_lora.checkpoint_io import load_model
 from PIL import Image
+from torch import Tensor
 from torchvision.transforms.functional import to_tensor
 
 import compressai_lora  # noqa: F401  (registers the -lora models)
@@ -34,6 +35,8 @@ from compressai_lora.adapt.engine import (
     torch_threads,
 )
 from compressai_lora.adapt.latents import analyse, latent_terms
+from compressai_lora.checkpoint import load_meta, load_state_dict
+from compressai_lora.zoo import model_architectures
 
 
 def psnr(dist: float) -> float:
@@ -102,7 +105,12 @@ def main(argv: list[str]) -> None:
     p.add_argument("--threads", type=int)
     args = p.parse_args(argv)
 
-    model, meta = load_model(args.architecture, args.checkpoint)
+    model = model_architectures[args.architecture].from_state_dict(
+        load_state_dict(args.checkpoint)
+    )
+    model.update(force=True)
+    model.eval()
+    meta = load_meta(args.checkpoint)
     changes = {
         k: v
         for k, v in {
@@ -149,6 +157,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from torch import Tensor  # noqa: F401
-
     main(sys.argv[1:])

@@ -5,7 +5,6 @@ and the others) into CompressAI's model registry and zoo.
 """
 
 import warnings
-
 from importlib.metadata import PackageNotFoundError, version
 
 # compressai imports torch_geometric, which warns about torch.jit.script on every
