@@ -103,6 +103,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--adapt-steps", type=int)
     p.add_argument("--speed-steps", type=int, default=10)
     p.add_argument("--threads", type=int)
+    p.add_argument("--form", choices=["separable", "full"])
+    p.add_argument("--step-code", type=int)
     args = p.parse_args(argv)
 
     model = model_architectures[args.architecture].from_state_dict(
@@ -117,6 +119,8 @@ def main(argv: list[str]) -> None:
             "refine_steps": args.refine_steps,
             "adapt_steps": args.adapt_steps,
             "threads": args.threads,
+            "form": args.form,
+            "step_code": args.step_code,
         }.items()
         if v is not None
     }
