@@ -18,7 +18,15 @@ import torch
 from compressai._CXX import pmf_to_quantized_cdf
 from torch import Tensor
 
-__all__ = ["SCALES", "PRECISION", "cdf_tables", "bits", "table_bits", "best_scale"]
+__all__ = [
+    "SCALES",
+    "PRECISION",
+    "cdf_tables",
+    "bits",
+    "tensor_bits",
+    "table_bits",
+    "best_scale",
+]
 
 #: Laplace scales, in quantization steps: 0.05 * 2 ** (0.6 * j), j = 0..15
 #: (0.05 to 25.6; at the smallest a zero costs under 0.001 bit).
@@ -33,12 +41,15 @@ def _support(scale: float) -> int:
     return min(int(math.ceil(scale * math.log(1.0 / _TAIL))) + 1, _MAX_SUPPORT)
 
 
-def _pmf(q: Tensor, scale: float) -> Tensor:
+def _pmf(q: Tensor, scale) -> Tensor:
     """P(q) of the Laplace(0, scale) distribution discretized on integers."""
     a = q.abs()
+    d = a - 0.5
     upper = 0.5 * torch.exp(-(a + 0.5) / scale)  # 1 - F(|q| + 0.5)
-    outer = 0.5 * torch.exp(-(a - 0.5) / scale)  # 1 - F(|q| - 0.5), |q| >= 0.5
-    inner = 1.0 - 0.5 * torch.exp((a - 0.5) / scale)  # same, |q| < 0.5
+    # 1 - F(|q| - 0.5), by branch; each exponent is clamped to <= 0 so the
+    # branch torch.where discards has no inf (whose 0 * inf gradient is NaN)
+    outer = 0.5 * torch.exp(-d.clamp_min(0) / scale)  # |q| >= 0.5
+    inner = 1.0 - 0.5 * torch.exp(d.clamp_max(0) / scale)  # |q| < 0.5
     return torch.where(a >= 0.5, outer, inner) - upper
 
 
@@ -64,6 +75,22 @@ def bits(q: Tensor, scale_index: int) -> Tensor:
     """Differentiable code length (bits) of integer-valued ``q`` (any shape)."""
     p = _pmf(q, SCALES[scale_index]).clamp_min(2.0**-PRECISION)
     return -torch.log2(p).sum()
+
+
+def tensor_bits(q: Tensor) -> Tensor:
+    """Differentiable bits of ``q`` coded under its best table scale.
+
+    A soft minimum over the scales of the tensor's total code length, so the
+    rate follows the encoder's per-tensor choice of scale as the values grow
+    (a hard choice would price the first nonzero value of an all-zero tensor
+    at the narrowest scale, a wall the optimizer cannot see past).  Includes
+    the 4 bits of the scale index sent in the stream header.
+    """
+    scales = q.new_tensor(SCALES).view(-1, 1)
+    p = _pmf(q.reshape(1, -1), scales).clamp_min(2.0**-PRECISION)
+    per_scale = -torch.log2(p).sum(dim=1)
+    softmin = -torch.logsumexp(-per_scale * math.log(2), dim=0) / math.log(2)
+    return softmin + math.log2(len(SCALES))  # plus the 4-bit scale index
 
 
 @functools.lru_cache(maxsize=None)

@@ -7,7 +7,14 @@ import torch
 
 from compressai_lora.adapt.engine import pad_to_multiple
 from compressai_lora.adapt.sga import TAU_MAX, TAU_MIN, sga_round, temperature
-from compressai_lora.priors import SCALES, best_scale, bits, cdf_tables, table_bits
+from compressai_lora.priors import (
+    SCALES,
+    best_scale,
+    bits,
+    cdf_tables,
+    table_bits,
+    tensor_bits,
+)
 
 
 def test_temperature_anneals_from_max_to_min():
@@ -70,3 +77,22 @@ def test_pad_to_multiple(size):
     assert p.shape[-2] % 64 == 0 and p.shape[-1] % 64 == 0
     assert torch.equal(p[..., : size[0], : size[1]], x)
     assert p.shape[-2] - size[0] < 64 and math.isfinite(float(p.sum()))
+
+
+def test_tensor_bits_follow_the_best_scale():
+    g = torch.Generator().manual_seed(0)
+    for q in (torch.zeros(100), torch.round(torch.randn(300, generator=g) * 5)):
+        real = table_bits(q, best_scale(q)) + 4
+        assert tensor_bits(q).item() == pytest.approx(real, abs=4.5, rel=0.02)
+    x = torch.zeros(50, requires_grad=True)
+    tensor_bits(x + torch.tensor([1.0] + [0.0] * 49)).backward()
+    assert torch.isfinite(x.grad).all() and x.grad[0] > 0
+
+
+def test_rate_gradients_are_finite_far_in_the_tails():
+    x = torch.tensor([0.0, 0.4, 3.0, 40.0, 900.0], requires_grad=True)
+    tensor_bits(x).backward()
+    assert torch.isfinite(x.grad).all()
+    y = torch.tensor([0.0, 40.0], requires_grad=True)
+    bits(y, 0).backward()
+    assert torch.isfinite(y.grad).all()

@@ -27,7 +27,7 @@ from pytorch_msssim import ms_ssim, ssim
 from torch import Tensor
 
 from .. import update_stream
-from ..priors import best_scale, bits
+from ..priors import tensor_bits
 from .config import AdaptConfig
 from .gates import init_gates
 from .latents import analyse, fixed_latents, latent_terms
@@ -227,7 +227,6 @@ def train_update(
             {"params": [p for g in gates for p in g.parameters()], "lr": cfg.gate_lr},
         ]
     )
-    scales = [{k: 0 for k in f} for f in factors]
     gate_steps = min(cfg.gate_steps, cfg.adapt_steps)
     decisions: Optional[list[bool]] = None  # set when gates freeze
     gate_vals: dict[int, Tensor] = {}
@@ -271,18 +270,11 @@ def train_update(
                 install()
                 cache_prefix()
                 best_loss, best_state, since = math.inf, None, 0
-            if t % EVAL_EVERY == 0:
-                for i in open_layers():
-                    for k, v in factors[i].items():
-                        scales[i][k] = best_scale(torch.round(v.detach() / step))
             gate_vals.clear()
             x_hat = model.g_s[split:](feat)[..., :h, :w]
             upd_bits = x.new_zeros(())
             for i in open_layers():
-                b = sum(
-                    bits(_ste_round(v / step), scales[i][k])
-                    for k, v in factors[i].items()
-                )
+                b = sum(tensor_bits(_ste_round(v / step)) for v in factors[i].values())
                 upd_bits = upd_bits + (gate_vals[i] * b if i in gate_vals else b)
             bpp = upd_bits / pixels
             loss = lmbda * distortion(x_hat, x, cfg.metric) + bpp
