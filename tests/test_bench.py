@@ -1,0 +1,270 @@
+"""python -m compressai_lora.utils.bench: aggregation on hand-made statistics,
+subset selection, and a tiny end-to-end run (random N = 8 cheng2020-attn
+checkpoints, two 64x64 domains)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from compressai_lora.utils.bench import __main__ as bench
+
+LAYER = "g_s.1.conv1"
+
+
+def _stats(J, bpp, dist, choice, update_bits=8, gates=(), lmbda=0.01):
+    return {
+        "lmbda": lmbda,
+        "choice": choice,
+        "J": J,
+        "bpp": bpp,
+        "dist": dist,
+        "update_bits": update_bits,
+        "open_gates": list(gates),
+        "refine_time": 1.0,
+        "adapt_time": 2.0,
+    }
+
+
+def _psnr(dist: float) -> float:
+    return 10 * math.log10(255**2 / dist)
+
+
+# -- aggregation -------------------------------------------------------------
+def test_image_points_refine_is_better_of_base_and_refined():
+    st = _stats(
+        {"base": 1.0, "refined": 0.9, "update": 0.8},
+        {"base": 0.5, "refined": 0.45, "update": 0.6},
+        {"base": 50.0, "refined": 45.0, "update": 20.0},
+        "update",
+    )
+    p = bench.image_points(st)
+    assert [p[m]["candidate"] for m in bench.METHODS] == ["base", "refined", "update"]
+    assert p["full"]["bpp"] == 0.6
+    assert p["full"]["psnr-rgb"] == pytest.approx(_psnr(20.0))
+    # refinement lost: refinement-only sends the base latents
+    st["J"]["refined"] = 1.2
+    assert bench.image_points(st)["refine"]["candidate"] == "base"
+    # no refined candidate at all (refine_steps 0)
+    del st["J"]["refined"]
+    assert bench.image_points(st)["refine"]["candidate"] == "base"
+
+
+def test_aggregate_rate_point_by_hand():
+    a = _stats(
+        {"base": 1.0, "refined": 0.9, "update": 0.8},
+        {"base": 0.5, "refined": 0.4, "update": 0.6},
+        {"base": 50.0, "refined": 45.0, "update": 20.0},
+        "update",
+        update_bits=1000,
+        gates=[LAYER, "g_s.2.conv"],
+    )
+    b = _stats(
+        {"base": 1.0, "refined": 1.1},
+        {"base": 0.3, "refined": 0.2},
+        {"base": 30.0, "refined": 40.0},
+        "base",
+        update_bits=8,
+    )
+    records = [
+        {
+            "stats": a,
+            "results": {"encoding_time": 4.0, "decoding_time": 0.5, "bpp": 0.6},
+            "base_results": {"encoding_time": 1.0, "decoding_time": 0.4},
+            "pixels": 10000,
+        },
+        {
+            "stats": b,
+            "results": {"encoding_time": 2.0, "decoding_time": 0.3, "bpp": 0.3},
+            "base_results": {"encoding_time": 1.0, "decoding_time": 0.2},
+            "pixels": 10000,
+        },
+    ]
+    row = bench.aggregate_rate_point(records)
+    assert row["images"] == 2 and row["lmbda"] == 0.01
+    assert row["base"]["bpp"] == pytest.approx(0.4)
+    assert row["refine"]["bpp"] == pytest.approx((0.4 + 0.3) / 2)
+    assert row["full"]["bpp"] == pytest.approx((0.6 + 0.3) / 2)
+    assert row["base"]["psnr-rgb"] == pytest.approx((_psnr(50) + _psnr(30)) / 2)
+    assert row["refine"]["psnr-rgb"] == pytest.approx((_psnr(45) + _psnr(30)) / 2)
+    assert row["full"]["psnr-rgb"] == pytest.approx((_psnr(20) + _psnr(30)) / 2)
+    assert row["update_bpp"] == pytest.approx((0.1 + 0.0008) / 2)
+    assert row["update_share"] == pytest.approx(row["update_bpp"] / 0.45)
+    assert row["choices"] == {"update": 1, "base": 1}
+    assert row["open_gates"] == {LAYER: 1, "g_s.2.conv": 1}
+    assert row["time"]["encode"] == pytest.approx(3.0)
+    assert row["time"]["base_decode"] == pytest.approx(0.3)
+    assert row["time"]["adapt"] == pytest.approx(2.0)
+    assert row["check"]["max_abs_bpp_stats_vs_bitstream"] == pytest.approx(0.0)
+
+
+def _domain(factor: float) -> list[list[dict]]:
+    """4 rate points; the update sends the base quality at ``factor`` x bits."""
+    rate_points = []
+    for i, (b, d) in enumerate([(0.1, 80.0), (0.2, 50.0), (0.4, 30.0), (0.8, 15.0)]):
+        st = _stats(
+            {"base": 1.0, "refined": 1.0, "update": 0.5},
+            {"base": b, "refined": b, "update": factor * b},
+            {"base": d, "refined": d, "update": d},
+            "update",
+            gates=[LAYER],
+            lmbda=0.001 * (i + 1),
+        )
+        rate_points.append([{"stats": st, "results": {}, "pixels": 100}])
+    return rate_points
+
+
+def test_aggregate_domain_bd_rate():
+    d = bench.aggregate_domain(_domain(0.9))
+    assert d["bd_rate"]["full"]["value"] == pytest.approx(-10.0)
+    assert d["bd_rate"]["refine"]["value"] == pytest.approx(0.0, abs=1e-9)
+    assert d["open_gates"] == {LAYER: 4}
+    assert d["choices"] == {"update": 4}
+    assert d["curves"]["full"]["bpp"] == pytest.approx([0.09, 0.18, 0.36, 0.72])
+    assert "base_vs_host_base" not in d["bd_rate"]  # no host base results
+    # fewer than 4 rate points: no BD-rate, and it says why
+    short = bench.aggregate_domain(_domain(0.9)[:3])
+    assert short["bd_rate"]["full"]["value"] is None
+    assert "rate points" in short["bd_rate"]["full"]["why"]
+
+
+def test_summarize_and_markdown():
+    domains = {}
+    for name, factor in (("kodak", 1.0), ("pixel", 0.8), ("screen", 0.9)):
+        d = bench.aggregate_domain(_domain(factor))
+        d["images"] = 1
+        domains[name] = d
+    s = bench.summarize(domains)
+    assert s["ood_mean_bd_rate_full"] == pytest.approx(-15.0)
+    assert s["ood_mean_bd_rate_refine"] == pytest.approx(0.0, abs=1e-9)
+    assert s["kodak_bd_rate_full"] == pytest.approx(0.0, abs=1e-9)
+    assert s["ood_domains_full"] == 2
+    md = bench.markdown(
+        {"domains": domains, "summary": s, "rate_points": ["q1", "q2", "q3", "q4"]}
+    )
+    assert "| pixel | 1 | +0.00% | -20.00% |" in md
+    assert f"| {LAYER} | 4 | 4 | 4 |" in md
+
+
+# -- subset ------------------------------------------------------------------
+def _save_image(path: Path, h: int, w: int, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.RandomState(seed)
+    low = rng.rand(h // 8 + 1, w // 8 + 1, 3)
+    img = np.kron(low, np.ones((8, 8, 1)))[:h, :w] * 200 + rng.rand(h, w, 3) * 55
+    Image.fromarray(img.astype(np.uint8)).save(path)
+
+
+def test_prepare_subset_first_sorted_centre_crop(tmp_path):
+    data = tmp_path / "data"
+    _save_image(data / "ood" / "pixel" / "b.png", 40, 100, 0)
+    _save_image(data / "ood" / "pixel" / "a.png", 80, 60, 1)
+    (data / "ood" / "pixel" / "README.txt").write_text("not an image")
+    args = bench.setup_args().parse_args(
+        ["--data", str(data), "-o", str(tmp_path / "out"), "--crop", "50"]
+    )
+    subset = bench.prepare_subset(args, ["pixel"])
+    assert subset == {
+        "pixel": [
+            {
+                "source": "a.png",
+                "image": "a.png",
+                "box": [5, 15, 55, 65],
+                "size": [50, 50],
+            }
+        ]
+    }
+    with Image.open(data / "ood" / "pixel" / "a.png") as img:
+        expected = np.asarray(img)[15:65, 5:55]
+    with Image.open(tmp_path / "out" / "images" / "pixel" / "a.png") as img:
+        assert np.array_equal(np.asarray(img), expected)
+    args.images_per_domain = 2  # b.png is 40 px high: that side is kept
+    assert [e["size"] for e in bench.prepare_subset(args, ["pixel"])["pixel"]] == [
+        [50, 50],
+        [40, 50],
+    ]
+    args.full = True
+    assert [e["size"] for e in bench.prepare_subset(args, ["pixel"])["pixel"]] == [
+        [80, 60],
+        [40, 100],
+    ]
+
+
+def test_missing_domain_is_an_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--data", str(tmp_path), "-o", str(tmp_path / "out")])
+    assert exc.value.code == 1
+    assert capsys.readouterr().err.startswith("Error: ")
+
+
+# -- end to end --------------------------------------------------------------
+def _checkpoints(folder: Path) -> list[Path]:
+    """4 random-weight cheng2020-attn (N = 8) checkpoints with meta['lmbda']."""
+    from compressai.models import Cheng2020Attention
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for q, lmbda in enumerate((0.0018, 0.0035, 0.0067, 0.013), start=1):
+        torch.manual_seed(q)
+        net = Cheng2020Attention(8).eval()
+        with torch.no_grad():  # latents large enough to carry content
+            last = [m for m in net.g_a.modules() if isinstance(m, torch.nn.Conv2d)]
+            last[-1].weight.mul_(10)
+        net.update(force=True)
+        path = folder / f"tiny-q{q}.pth.tar"
+        torch.save({"state_dict": net.state_dict(), "meta": {"lmbda": lmbda}}, path)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.slow
+def test_end_to_end(tmp_path, capsys):
+    data = tmp_path / "data"
+    _save_image(data / "kodak" / "k.png", 64, 64, 0)
+    _save_image(data / "ood" / "pixel" / "p.png", 80, 72, 1)
+    _checkpoints(tmp_path / "ckpt")
+    out = tmp_path / "out"
+    argv = ["--data", str(data), "--domains", "kodak", "pixel", "-o", str(out)]
+    argv += ["--weights", str(tmp_path / "ckpt" / "tiny-q{q}.pth.tar")]
+    argv += ["--crop", "64", "--refine-steps", "1", "--adapt-steps", "1"]
+    argv += ["--threads", "1"]
+    bench.main(argv)
+    table = capsys.readouterr().out
+    assert "| kodak | 1 |" in table and "| pixel | 1 |" in table
+    assert (out / "results.md").read_text() == table
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["domains"]) == ["kodak", "pixel"]
+    assert results["rate_points"] == [f"tiny-q{q}" for q in range(1, 5)]
+    for name, d in results["domains"].items():
+        assert (out / d["plot"]).stat().st_size > 0
+        assert len(d["rate_points"]) == 4
+        assert d["sizes"] == [[64, 64]]
+        assert "problems" not in d
+        for m in ("refine", "full"):
+            value = d["bd_rate"][m]["value"]
+            assert value is None or math.isfinite(value)
+        for row in d["rate_points"]:
+            for m in bench.METHODS:
+                assert row[m]["bpp"] > 0 and math.isfinite(row[m]["psnr-rgb"])
+            # the statistics agree with eval_model's real bitstream
+            assert row["check"]["max_abs_bpp_stats_vs_bitstream"] < 1e-9
+            assert row["check"]["max_abs_psnr_stats_vs_bitstream"] < 1e-3
+    assert not results["failed"]
+    # crops of the data are in the work dir, never beside the data
+    assert (out / "images" / "pixel" / "p.png").is_file()
+    # a rerun resumes from the per-image results; another crop is refused
+    bench.main([*argv, "--report-only"])
+    capsys.readouterr()
+    crop = out / "images" / "pixel" / "p.png"
+    before = crop.read_bytes()
+    with pytest.raises(SystemExit) as exc:
+        bench.main([*argv, "--crop", "32"])
+    assert exc.value.code == 1
+    assert "another subset" in capsys.readouterr().err
+    assert crop.read_bytes() == before  # the crops of the first run are kept
