@@ -44,7 +44,9 @@ def _entropy_keys(state_dict):
     return [k for k in state_dict if k.rsplit(".", 1)[-1] in ENTROPY_BUFFERS]
 
 
-def test_train_writes_checkpoint_and_resumes_exactly(tmp_path, host_load_checkpoint):
+def test_train_writes_checkpoint_and_resumes_exactly(
+    tmp_path, capsys, host_load_checkpoint
+):
     arch = ["-m", "bmshj2018-factorized", "-M", "8", "-q", "2"]
     first = train(tmp_path / "a", *arch, "--steps", "2")
     ckpt = tmp_path / "a" / "bmshj2018-factorized-N8-q2.pth.tar"
@@ -66,6 +68,12 @@ def test_train_writes_checkpoint_and_resumes_exactly(tmp_path, host_load_checkpo
     straight = load_state_dict(tmp_path / "b" / ckpt.name)
     assert resumed.keys() == straight.keys()
     assert all(torch.equal(resumed[k], straight[k]) for k in resumed)
+
+    # a run with other settings does not resume someone else's state
+    with pytest.raises(SystemExit):
+        train(tmp_path / "a", *arch[:-1], "4", "--name", ckpt.name[:-8], "--steps", "9")
+    assert "other settings" in capsys.readouterr().err
+    assert load_meta(ckpt)["steps"] == 4
 
     # fine-tuning at another lambda starts from those weights, counts on
     tuned = train(tmp_path / "c", *arch[:-1], "1", "--init", str(ckpt), "--steps", "5")

@@ -318,7 +318,8 @@ def setup_args() -> argparse.ArgumentParser:
         nargs="*",
         default=[],
         metavar="STEP",
-        help="multiply the learning rate by --lr-gamma from each of these steps",
+        help="multiply the learning rate by --lr-gamma from each of these "
+        "(total) step counts",
     )
     parser.add_argument(
         "--lr-gamma", type=float, default=0.1, help="(default: %(default)s)"
@@ -438,6 +439,14 @@ def _write_json(path: Path, info: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _shown_path(path: str) -> str:
+    """``path`` relative to the repository root (as in the docs) if possible."""
+    try:
+        return os.path.relpath(Path(path).resolve(), REPO_ROOT)
+    except ValueError:
+        return str(path)
+
+
 def _versions() -> dict[str, str]:
     return {
         "torch": torch.__version__,
@@ -480,6 +489,7 @@ class Trainer:
         self.json_path = out / f"{name}.json"
         self.state_path = out / f"{name}{STATE_SUFFIX}"
 
+        state = self._find_state()  # before the slow parts: fail early
         self.bank = ImageBank(
             args.dataset, tuple(args.patch), args.max_side, args.scale_min
         )
@@ -490,7 +500,6 @@ class Trainer:
         self.history: collections.deque = collections.deque(maxlen=args.avg_last)
         self.sessions: list[dict[str, Any]] = []
         self.init: Optional[dict[str, Any]] = None
-        state = self._find_state()
         if state is not None:
             self._load_state(state)
         elif args.init:
@@ -626,10 +635,10 @@ class Trainer:
                 f"random crops of images resized to <= {args.max_side} px, random "
                 f"rescale {args.scale_min:g}-1.0, horizontal flip"
             ),
-            "data": f"{args.dataset} ({len(self.bank)} images)",
+            "data": f"{_shown_path(args.dataset)} ({len(self.bank)} images)",
             "init": self.init,
             "seed": cfg["seed"],
-            "time_minutes": round(elapsed / 60, 1),
+            "time_minutes": round(elapsed / 60, 2),
             "hardware": hardware(self.device),
             "final_train_batch": final,
             "sessions": sessions,
@@ -710,8 +719,8 @@ class Trainer:
                     saved_at = self.step
         except KeyboardInterrupt:
             bar.close()
-            print("interrupted: saving", file=sys.stderr)
             self.save(session)
+            print(f"saved at step {self.step}: run again to resume", file=sys.stderr)
             raise
         bar.close()
         if saved_at != self.step:
@@ -802,6 +811,8 @@ def main(argv: Sequence[str]) -> Optional[dict[str, Any]]:
             info = Trainer(args).run()
     except TrainError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, "interrupted\n")
     print(json.dumps(info, indent=2))
     return info
 
