@@ -6,7 +6,8 @@ of each phase, and the speed of our phase-2 step against the same step done
 the reference way (entropy model and whole g_s re-run every step), measured
 side by side in one run.
 
-    python benchmarks/adapt_bench.py --checkpoint ../shared/weights/cheng2020-attn-N64-q3.pth.tar \
+    python benchmarks/adapt_bench.py \
+        --checkpoint ../shared/weights/cheng2020-attn-N64-q3.pth.tar \
         --images ../shared/data/ood/pixel/pyxel_10_platformer_f050.png --crop 256
 """
 
