@@ -149,7 +149,9 @@ def test_small_and_odd_sizes(name, size):
 
 def test_model_left_as_found_and_threads_restored():
     _, lora = small_pair("cheng2020-anchor-lora", n=8)
-    lora.adapt_config = AdaptConfig(**FAST)
+    # 2 + 2 steps: two threads on a loaded 2-core machine are slow
+    steps = {"refine_steps": 2, "adapt_steps": 2, "gate_steps": 1}
+    lora.adapt_config = AdaptConfig(**{**FAST, **steps})
     before = {k: v.clone() for k, v in lora.state_dict().items()}
     flags = [p.requires_grad for p in lora.parameters()]
     torch.set_num_threads(1)

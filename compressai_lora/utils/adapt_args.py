@@ -3,7 +3,8 @@
 ``add_adaptation_args(parser)`` adds the group; ``adapt_config_from_args``
 turns the parsed flags into an :class:`~compressai_lora.adapt.AdaptConfig`:
 the preset first, then the tool's defaults (metric, lambda), then the flags
-the user gave.
+the user gave (``--lr`` sets both learning rates, ``--refine-lr`` and
+``--adapt-lr`` override one phase).
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from typing import Any
 from ..adapt.config import PRESETS, AdaptConfig
 from ..layers import UPDATE_FORMS
 
-__all__ = ["add_adaptation_args", "adapt_config_from_args"]
+__all__ = ["add_adaptation_args", "adapt_config_from_args", "adaptation_flags_given"]
 
 #: flag dest -> AdaptConfig field (flags left at None keep the preset's value)
 _FIELDS = {
     "refine_steps": "refine_steps",
     "adapt_steps": "adapt_steps",
+    "refine_lr": "refine_lr",
+    "adapt_lr": "adapt_lr",
     "rank": "rank",
     "form": "form",
     "lmbda": "lmbda",
@@ -29,42 +32,70 @@ _FIELDS = {
 
 
 def add_adaptation_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """Add the ``adaptation`` argument group (used only by ``-lora`` models)."""
+    """Add the adaptation argument group (used only by ``-lora`` models).
+
+    Every flag defaults to None (``--no-adapt``: False), so that the preset's
+    values apply and a tool can tell which flags were given.
+    """
     g = parser.add_argument_group(
-        "adaptation",
-        "per-image instance adaptation of -lora models (Lv et al., ACM MM 2023); "
+        "instance adaptation (-lora architectures)",
+        "per-image adaptation of -lora models (Lv et al., ACM MM 2023); "
         "unset flags take the preset's value",
     )
     g.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        default="default",
-        help="named adaptation settings (default: %(default)s)",
+        help="named adaptation settings, e.g. 'paper' (2000 + 2000 steps, "
+        "rank 2) (default: default)",
     )
     g.add_argument(
         "--no-adapt",
         action="store_true",
-        help="no refinement and no update: the base codec's bitstream",
+        help="no refinement and no update: the -lora model codes as its base codec",
     )
-    g.add_argument("--refine-steps", type=int, help="latent refinement steps")
-    g.add_argument("--adapt-steps", type=int, help="decoder-update steps")
+    g.add_argument(
+        "--refine-steps", type=int, metavar="N", help="latent refinement steps"
+    )
+    g.add_argument("--adapt-steps", type=int, metavar="N", help="decoder-update steps")
     g.add_argument(
         "--lr",
         type=float,
-        help="learning rate of the latent refinement and the decoder update",
+        metavar="LR",
+        help="learning rate of both phases (see --refine-lr, --adapt-lr)",
     )
-    g.add_argument("--rank", type=int, help="rank of the decoder update")
+    g.add_argument(
+        "--refine-lr", type=float, metavar="LR", help="learning rate of refinement"
+    )
+    g.add_argument(
+        "--adapt-lr", type=float, metavar="LR", help="learning rate of the update"
+    )
+    g.add_argument("--rank", type=int, metavar="R", help="rank of the decoder update")
     g.add_argument("--form", choices=UPDATE_FORMS, help="update form of the adapters")
     g.add_argument(
         "--lmbda",
         type=float,
-        help="RD trade-off (default: the quality's, or the checkpoint's meta)",
+        metavar="L",
+        help="RD trade-off of the adaptation loss (default: the quality's "
+        "lambda; with a checkpoint its meta['lmbda'])",
     )
-    g.add_argument("--seed", type=int, help="seed (same seed, same bytes)")
     g.add_argument(
-        "--threads", type=int, help="torch threads while adapting (default: all)"
+        "--seed", type=int, metavar="S", help="random seed (same seed, same bytes)"
+    )
+    g.add_argument(
+        "--threads",
+        type=int,
+        metavar="T",
+        help="torch threads while adapting (default: all CPU cores)",
     )
     return g
+
+
+def adaptation_flags_given(args: argparse.Namespace) -> bool:
+    """Whether any adaptation flag was given (to warn when they do nothing)."""
+    given = (getattr(args, dest, None) is not None for dest in (*_FIELDS, "lr"))
+    return getattr(args, "no_adapt", False) or (
+        getattr(args, "preset", None) is not None or any(given)
+    )
 
 
 def adapt_config_from_args(args: argparse.Namespace, **defaults: Any) -> AdaptConfig:
@@ -74,12 +105,12 @@ def adapt_config_from_args(args: argparse.Namespace, **defaults: Any) -> AdaptCo
         ValueError: an invalid value (from :class:`AdaptConfig`).
     """
     changes = dict(defaults)
+    if getattr(args, "lr", None) is not None:
+        changes["refine_lr"] = changes["adapt_lr"] = args.lr
     for dest, field in _FIELDS.items():
         value = getattr(args, dest, None)
         if value is not None:
             changes[field] = value
-    if getattr(args, "lr", None) is not None:
-        changes["refine_lr"] = changes["adapt_lr"] = args.lr
     if getattr(args, "no_adapt", False):
         changes["enabled"] = False
     return AdaptConfig.preset(getattr(args, "preset", None) or "default", **changes)

@@ -37,7 +37,11 @@ from ...adapt.config import AdaptConfig
 from ...layers import UPDATE_FORMS
 from ...models import LoRAModelMixin
 from ...zoo import image_models as lora_models
-from ..adapt_args import adapt_config_from_args, add_adaptation_args
+from ..adapt_args import (
+    adapt_config_from_args,
+    adaptation_flags_given,
+    add_adaptation_args,
+)
 from .format import FORMAT_VERSION, FormatError, Header, pack, unpack
 from .format import weights_fingerprint as fingerprint
 from .image import ImageError, is_png_name, png_writer, read_image
@@ -325,7 +329,7 @@ def encode(args: argparse.Namespace) -> None:
         model.adapt_config = cfg.replace(lmbda=lmbda, metric=metric, callback=callback)
         if model.default_lmbda is None:
             model.default_lmbda = lmbda
-    elif _adaptation_flags_given(args):
+    elif adaptation_flags_given(args):
         _warn(f"{args.architecture} has no adapters: adaptation flags are ignored")
 
     weights = fingerprint(model.state_dict())  # what the decoder must load
@@ -375,15 +379,6 @@ def encode(args: argparse.Namespace) -> None:
         parts.append(f"PSNR {psnr(rgb, recon):.2f} dB (recon {args.recon})")
     parts.append(f"{enc_time:.2f} s")
     print(", ".join(parts))
-
-
-def _adaptation_flags_given(args: argparse.Namespace) -> bool:
-    names = ("refine_steps", "adapt_steps", "lr", "rank", "form", "lmbda", "seed")
-    return (
-        args.no_adapt
-        or args.preset != "default"
-        or any(getattr(args, n) is not None for n in names)
-    )
 
 
 def decode(args: argparse.Namespace) -> None:

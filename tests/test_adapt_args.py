@@ -1,0 +1,66 @@
+"""The adaptation flags shared by eval_model and the codec (utils/adapt_args.py)."""
+
+import argparse
+
+import pytest
+
+from compressai_lora.adapt import PRESETS, AdaptConfig
+from compressai_lora.utils.adapt_args import (
+    adapt_config_from_args,
+    adaptation_flags_given,
+    add_adaptation_args,
+)
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_adaptation_args(parser)
+    return parser.parse_args(argv)
+
+
+def test_defaults_are_the_presets():
+    args = parse()
+    assert not adaptation_flags_given(args)
+    assert adapt_config_from_args(args) == AdaptConfig()
+    fast = adapt_config_from_args(parse("--preset", "fast"))
+    assert fast == AdaptConfig(**PRESETS["fast"])
+
+
+def test_flags_override_preset_and_defaults():
+    args = parse("--preset", "paper", "--refine-steps", "3", "--rank", "4")
+    cfg = adapt_config_from_args(args, metric="ms-ssim", rank=1, lmbda=0.5)
+    assert cfg.refine_steps == 3 and cfg.adapt_steps == 2000
+    assert cfg.rank == 4 and cfg.metric == "ms-ssim"
+    assert cfg.lmbda == 0.5
+    args = parse("--form", "full", "--seed", "7", "--threads", "1", "--no-adapt")
+    cfg = adapt_config_from_args(args)
+    assert (cfg.form, cfg.seed, cfg.threads, cfg.enabled) == ("full", 7, 1, False)
+
+
+@pytest.mark.parametrize(
+    "argv, refine_lr, adapt_lr",
+    [
+        (["--lr", "0.1"], 0.1, 0.1),
+        (["--lr", "0.1", "--adapt-lr", "0.3"], 0.1, 0.3),
+        (["--refine-lr", "0.2", "--lr", "0.1"], 0.2, 0.1),
+        (["--adapt-lr", "0.3"], AdaptConfig.refine_lr, 0.3),
+    ],
+)
+def test_learning_rates(argv, refine_lr, adapt_lr):
+    cfg = adapt_config_from_args(parse(*argv))
+    assert (cfg.refine_lr, cfg.adapt_lr) == (refine_lr, adapt_lr)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--no-adapt"], ["--preset", "default"], ["--adapt-lr", "1"], ["--threads", "1"]],
+)
+def test_flags_given(argv):
+    assert adaptation_flags_given(parse(*argv))
+
+
+def test_invalid_values_raise_value_error():
+    with pytest.raises(ValueError, match="rank"):
+        adapt_config_from_args(parse("--rank", "0"))
+    with pytest.raises(ValueError, match="refine_lr"):
+        adapt_config_from_args(parse("--refine-lr", "-1"))
