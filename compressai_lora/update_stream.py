@@ -100,7 +100,8 @@ def fingerprint(arch: str, adapters: Mapping[str, LoRAConv]) -> int:
     return zlib.crc32("|".join(desc).encode()) & 0xFFFF
 
 
-def _varint(n: int) -> bytes:
+def encode_varint(n: int) -> bytes:
+    """LEB128: 7 bits per byte, high bit set on all but the last byte."""
     out = bytearray()
     while True:
         byte = n & 0x7F
@@ -158,7 +159,7 @@ def encode_update(
             bytes(gates),
             bytes([step_code]),
             packed,
-            _varint(len(payload)),
+            encode_varint(len(payload)),
             payload,
         ]
     )

@@ -40,6 +40,8 @@ from typing import Mapping, Sequence
 
 import torch
 
+from ...update_stream import encode_varint
+
 __all__ = [
     "MAGIC",
     "FORMAT_VERSION",
@@ -110,13 +112,7 @@ class Header:
 def _varint(n: int) -> bytes:
     if not 0 <= n < 1 << 35:
         raise FormatError(f"value {n} does not fit a 5-byte varint")
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+    return encode_varint(n)
 
 
 def _str8(s: str) -> bytes:
