@@ -282,7 +282,9 @@ def _subset_key(entries: Sequence[dict[str, Any]]) -> list[tuple]:
     ]
 
 
-def _check_manifest(path: Path, manifest: dict[str, Any], overwrite: bool) -> None:
+def _check_manifest(
+    path: Path, manifest: dict[str, Any], overwrite: bool, write: bool = True
+) -> None:
     """Refuse to mix per-image results of different subsets in one directory."""
     if path.is_file() and not overwrite:
         try:
@@ -301,6 +303,8 @@ def _check_manifest(path: Path, manifest: dict[str, Any], overwrite: bool) -> No
                         "--output or --overwrite"
                     )
             manifest["domains"] = {**old_domains, **manifest["domains"]}
+    if not write:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(manifest, indent=2))
 
@@ -726,8 +730,10 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         "crop": 0 if args.full else args.crop,
         "domains": subset,
     }
-    _check_manifest(args.output / "subset.json", manifest, args.overwrite)
-    write_subset(args.data, args.output / "images", subset)
+    write = not args.report_only
+    _check_manifest(args.output / "subset.json", manifest, args.overwrite, write)
+    if write:
+        write_subset(args.data, args.output / "images", subset)
 
     import torch
 
