@@ -104,6 +104,23 @@ def test_aggregate_rate_point_by_hand():
     assert row["check"]["max_abs_bpp_stats_vs_bitstream"] == pytest.approx(0.0)
 
 
+def test_find_per_image_tells_base_from_lora(tmp_path):
+    cpt = "cheng2020-attn-N64-q1"
+    files = {
+        f"a-{cpt}-ans.json": {"source": "a", "name": "cheng2020-attn-lora"},
+        f"a-{cpt}-cheng2020-attn-ans.json": {"source": "a", "name": "cheng2020-attn"},
+        f"a-b-{cpt}-ans.json": {"source": "a-b", "name": "cheng2020-attn-lora"},
+        f"a-{cpt}0-ans.json": {"source": "a", "name": "cheng2020-attn-lora"},
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_text(json.dumps({**data, "file": name}))
+    lora = bench.find_per_image(tmp_path, "a", cpt, "cheng2020-attn-lora")
+    base = bench.find_per_image(tmp_path, "a", cpt, "cheng2020-attn")
+    assert lora["file"] == f"a-{cpt}-ans.json"
+    assert base["file"] == f"a-{cpt}-cheng2020-attn-ans.json"
+    assert bench.find_per_image(tmp_path, "a", "other", "cheng2020-attn") is None
+
+
 def _domain(factor: float) -> list[list[dict]]:
     """4 rate points; the update sends the base quality at ``factor`` x bits."""
     rate_points = []
@@ -246,6 +263,7 @@ def test_end_to_end(tmp_path, capsys):
         assert len(d["rate_points"]) == 4
         assert d["sizes"] == [[64, 64]]
         assert "problems" not in d
+        assert d["time"]["base_encode"] < d["time"]["encode"]  # adaptation
         for m in ("refine", "full"):
             value = d["bd_rate"][m]["value"]
             assert value is None or math.isfinite(value)

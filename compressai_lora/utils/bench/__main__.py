@@ -374,7 +374,7 @@ def find_per_image(
         if data is None or data.get("source", stem) != stem:
             continue
         name = str(data.get("name", ""))
-        if name == arch or name.startswith(f"{arch}-"):
+        if name in (arch, f"{arch}-mse", f"{arch}-ms-ssim"):
             return data
     return None
 
