@@ -630,7 +630,9 @@ def markdown(results: dict[str, Any], plots_prefix: str = "") -> str:
         "log-rate), negative = fewer bits for the same PSNR. Update share: bits "
         "of the transmitted update (an empty update frame when none is sent) over "
         "all bits, averaged over rate points. Sent: candidate chosen, counted over "
-        "images x rate points.",
+        "images x rate points. J = bpp + lambda * 255^2 * MSE, averaged over "
+        "images (the cost the encoder minimizes; never-worse means J full <= J "
+        "refine <= J base per image).",
         "",
         f"Mean BD-rate over the {s.get('ood_domains_full', 0)} out-of-domain "
         f"domains: refine-only {_f(s.get('ood_mean_bd_rate_refine'), '+.2f')}%, "
@@ -638,8 +640,9 @@ def markdown(results: dict[str, Any], plots_prefix: str = "") -> str:
         "",
         "### Rate points (bpp / PSNR dB, averaged over images)",
         "",
-        "| domain | rate | lambda | base | refine-only | full | update share |",
-        "|---|---|---|---|---|---|---|",
+        "| domain | rate | lambda | base | refine-only | full | update share "
+        "| J base / refine / full |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, d in domains.items():
         for i, row in enumerate(d["rate_points"]):
@@ -651,7 +654,8 @@ def markdown(results: dict[str, Any], plots_prefix: str = "") -> str:
             lines.append(
                 f"| {name} | {results['rate_points'][i]} "
                 f"| {_f(row['lmbda'], 'g')} | {' | '.join(cells)} "
-                f"| {_f(None if share is None else 100 * share, '.1f')}% |"
+                f"| {_f(None if share is None else 100 * share, '.1f')}% "
+                f"| {' / '.join(_f(row[m]['J'], '.4f') for m in METHODS)} |"
             )
     layers = sorted({g for d in domains.values() for g in d["open_gates"]})
     lines += ["", "### Gates opened per layer (counts over images x rate points)", ""]
