@@ -141,6 +141,8 @@ def test_aggregate_domain_bd_rate():
     d = bench.aggregate_domain(_domain(0.9))
     assert d["bd_rate"]["full"]["value"] == pytest.approx(-10.0)
     assert d["bd_rate"]["refine"]["value"] == pytest.approx(0.0, abs=1e-9)
+    assert d["bd_rate"]["full"]["psnr"] > 0
+    assert d["bd_rate"]["refine"]["psnr"] == pytest.approx(0.0, abs=1e-9)
     assert d["open_gates"] == {LAYER: 4}
     assert d["choices"] == {"update": 4}
     assert d["curves"]["full"]["bpp"] == pytest.approx([0.09, 0.18, 0.36, 0.72])
@@ -165,7 +167,7 @@ def test_summarize_and_markdown():
     md = bench.markdown(
         {"domains": domains, "summary": s, "rate_points": ["q1", "q2", "q3", "q4"]}
     )
-    assert "| pixel | 1 | +0.00% | -20.00% |" in md
+    assert "| pixel | 1 | +0.00% | -20.00% | +0.000 / +" in md
     assert f"| {LAYER} | 4 | 4 | 4 |" in md
 
 
@@ -265,8 +267,9 @@ def test_end_to_end(tmp_path, capsys):
         assert "problems" not in d
         assert d["time"]["base_encode"] < d["time"]["encode"]  # adaptation
         for m in ("refine", "full"):
-            value = d["bd_rate"][m]["value"]
-            assert value is None or math.isfinite(value)
+            for key in ("value", "psnr"):
+                value = d["bd_rate"][m][key]
+                assert value is None or math.isfinite(value)
         for row in d["rate_points"]:
             for m in bench.METHODS:
                 assert row[m]["bpp"] > 0 and math.isfinite(row[m]["psnr-rgb"])

@@ -531,17 +531,22 @@ def aggregate_rate_point(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _bd(anchor: dict[str, list], test: dict[str, list]) -> dict[str, Any]:
-    from compressai_lora.utils.bd import bd_rate
+    """BD-rate (%, ``value``) and BD-PSNR (dB, ``psnr``) of ``test`` vs ``anchor``;
+    None with ``why`` where undefined (e.g. no shared PSNR range)."""
+    from compressai_lora.utils.bd import bd_psnr, bd_rate
 
-    try:
-        value = bd_rate(
-            anchor["bpp"], anchor["psnr-rgb"], test["bpp"], test["psnr-rgb"]
-        )
-    except (ValueError, ZeroDivisionError) as err:
-        return {"value": None, "why": str(err)}
-    if value is None or not math.isfinite(value):
-        return {"value": None, "why": "not finite"}
-    return {"value": float(value)}
+    out: dict[str, Any] = {}
+    for key, fn in (("value", bd_rate), ("psnr", bd_psnr)):
+        try:
+            value = fn(anchor["bpp"], anchor["psnr-rgb"], test["bpp"], test["psnr-rgb"])
+        except (ValueError, ZeroDivisionError) as err:
+            out[key], out.setdefault("why", {})[key] = None, str(err)
+            continue
+        if value is None or not math.isfinite(value):
+            out[key], out.setdefault("why", {})[key] = None, "not finite"
+        else:
+            out[key] = float(value)
+    return out
 
 
 def aggregate_domain(rate_points: Sequence[Sequence[dict[str, Any]]]) -> dict[str, Any]:
@@ -557,7 +562,8 @@ def aggregate_domain(rate_points: Sequence[Sequence[dict[str, Any]]]) -> dict[st
         if len(rows) >= 4:
             bd[m] = _bd(curves["base"], curves[m])
         else:
-            bd[m] = {"value": None, "why": f"{len(rows)} rate points (< 4)"}
+            why = f"{len(rows)} rate points (< 4)"
+            bd[m] = {"value": None, "psnr": None, "why": why}
     host = {k: [row["host_base"][k] for row in rows] for k in ("bpp", "psnr-rgb")}
     if len(rows) >= 4 and None not in host["bpp"] + host["psnr-rgb"]:
         bd["base_vs_host_base"] = _bd(host, curves["base"])
@@ -591,8 +597,15 @@ def summarize(domains: dict[str, dict[str, Any]]) -> dict[str, Any]:
         ]
         out[f"ood_mean_bd_rate_{m}"] = sum(vals) / len(vals) if vals else None
         out[f"ood_domains_{m}"] = len(vals)
+        dbs = [
+            d["bd_rate"][m].get("psnr")
+            for name, d in domains.items()
+            if name != "kodak" and d["bd_rate"][m].get("psnr") is not None
+        ]
+        out[f"ood_mean_bd_psnr_{m}"] = sum(dbs) / len(dbs) if dbs else None
         if "kodak" in domains:
             out[f"kodak_bd_rate_{m}"] = domains["kodak"]["bd_rate"][m]["value"]
+            out[f"kodak_bd_psnr_{m}"] = domains["kodak"]["bd_rate"][m].get("psnr")
     return out
 
 
@@ -605,10 +618,11 @@ def markdown(results: dict[str, Any], plots_prefix: str = "") -> str:
     """Tables of ``results.json`` as markdown."""
     domains = results["domains"]
     lines = [
-        "| domain | images | BD-rate refine-only | BD-rate full | update share "
+        "| domain | images | BD-rate refine-only | BD-rate full "
+        "| BD-PSNR refine-only / full | update share "
         "| sent (base/refined/update) | encode s/img (base / ours) "
         "| decode s/img (base / ours) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, d in domains.items():
         bd = d["bd_rate"]
@@ -618,6 +632,8 @@ def markdown(results: dict[str, Any], plots_prefix: str = "") -> str:
             f"| {name} | {d['images']} "
             f"| {_f(bd['refine']['value'], '+.2f')}% "
             f"| {_f(bd['full']['value'], '+.2f')}% "
+            f"| {_f(bd['refine'].get('psnr'), '+.3f')} / "
+            f"{_f(bd['full'].get('psnr'), '+.3f')} dB "
             f"| {_f(None if d['update_share'] is None else 100 * d['update_share'], '.1f')}% "  # noqa: E501
             f"| {ch.get('base', 0)}/{ch.get('refined', 0)}/{ch.get('update', 0)} "
             f"| {_f(t.get('base_encode'), '.2f')} / {_f(t.get('encode'), '.2f')} "
@@ -627,7 +643,9 @@ def markdown(results: dict[str, Any], plots_prefix: str = "") -> str:
     lines += [
         "",
         "BD-rate: Bjontegaard delta rate vs the base codec (PSNR vs bpp, PCHIP on "
-        "log-rate), negative = fewer bits for the same PSNR. Update share: bits "
+        "log-rate), negative = fewer bits for the same PSNR; it integrates over "
+        "the PSNR range both curves share. BD-PSNR: mean PSNR gain over the shared "
+        "rate range. Update share: bits "
         "of the transmitted update (an empty update frame when none is sent) over "
         "all bits, averaged over rate points. Sent: candidate chosen, counted over "
         "images x rate points. J = bpp + lambda * 255^2 * MSE, averaged over "
@@ -636,7 +654,9 @@ def markdown(results: dict[str, Any], plots_prefix: str = "") -> str:
         "",
         f"Mean BD-rate over the {s.get('ood_domains_full', 0)} out-of-domain "
         f"domains: refine-only {_f(s.get('ood_mean_bd_rate_refine'), '+.2f')}%, "
-        f"full {_f(s.get('ood_mean_bd_rate_full'), '+.2f')}%.",
+        f"full {_f(s.get('ood_mean_bd_rate_full'), '+.2f')}%; BD-PSNR "
+        f"refine-only {_f(s.get('ood_mean_bd_psnr_refine'), '+.3f')} dB, full "
+        f"{_f(s.get('ood_mean_bd_psnr_full'), '+.3f')} dB.",
         "",
         "### Rate points (bpp / PSNR dB, averaged over images)",
         "",
