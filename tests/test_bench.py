@@ -162,8 +162,16 @@ def test_summarize_and_markdown():
     s = bench.summarize(domains)
     assert s["ood_mean_bd_rate_full"] == pytest.approx(-15.0)
     assert s["ood_mean_bd_rate_refine"] == pytest.approx(0.0, abs=1e-9)
+    assert s["paired_mean_bd_rate_full"] == pytest.approx(-15.0)
     assert s["kodak_bd_rate_full"] == pytest.approx(0.0, abs=1e-9)
-    assert s["ood_domains_full"] == 2
+    assert s["ood_domains_bd_rate_full"] == 2
+    assert s["paired_domains_bd_rate"] == ["pixel", "screen"]
+    # a domain where only one method has a value is left out of the paired mean
+    domains["screen"]["bd_rate"]["full"] = {"value": None, "psnr": None, "why": "x"}
+    s2 = bench.summarize(domains)
+    assert s2["paired_domains_bd_rate"] == ["pixel"]
+    assert s2["paired_mean_bd_rate_full"] == pytest.approx(-20.0)
+    assert s2["ood_domains_bd_rate_refine"] == 2
     md = bench.markdown(
         {"domains": domains, "summary": s, "rate_points": ["q1", "q2", "q3", "q4"]}
     )

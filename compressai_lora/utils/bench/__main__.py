@@ -411,6 +411,7 @@ def load_records(
             records.append(
                 {
                     "image": stem,
+                    "settings": ours.get("settings"),
                     "stats": stats,
                     "results": ours.get("results", {}),
                     "base_results": (base or {}).get("results"),
@@ -557,6 +558,13 @@ def aggregate_domain(rate_points: Sequence[Sequence[dict[str, Any]]]) -> dict[st
         for m in METHODS
     }
     out: dict[str, Any] = {"rate_points": rows, "curves": curves}
+    settings = [
+        r["settings"] for recs in rate_points for r in recs if r.get("settings")
+    ]
+    if settings:  # as eval_model stored them (lmbda differs per rate point)
+        out["adaptation_settings"] = {
+            k: v for k, v in settings[0].items() if k != "lmbda"
+        }
     bd: dict[str, Any] = {}
     for m in ("refine", "full"):
         if len(rows) >= 4:
@@ -587,31 +595,34 @@ def aggregate_domain(rate_points: Sequence[Sequence[dict[str, Any]]]) -> dict[st
 
 
 def summarize(domains: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Averages of the BD-rates over the out-of-domain domains; Kodak's."""
+    """Mean BD-rate / BD-PSNR over the out-of-domain domains; Kodak's.
+
+    ``ood_mean_*`` average each method over the domains where its value is
+    defined; ``paired_*`` over the domains where both methods' values are, so
+    refinement only and the full method are compared on the same domains.
+    """
+    ood = {n: d["bd_rate"] for n, d in domains.items() if n != "kodak"}
     out: dict[str, Any] = {}
-    for m in ("refine", "full"):
-        vals = [
-            d["bd_rate"][m]["value"]
-            for name, d in domains.items()
-            if name != "kodak" and d["bd_rate"][m]["value"] is not None
+    for key, label in (("value", "bd_rate"), ("psnr", "bd_psnr")):
+        both = [
+            n
+            for n, bd in ood.items()
+            if all(bd[m].get(key) is not None for m in ("refine", "full"))
         ]
-        out[f"ood_mean_bd_rate_{m}"] = sum(vals) / len(vals) if vals else None
-        out[f"ood_domains_{m}"] = len(vals)
-        dbs = [
-            d["bd_rate"][m].get("psnr")
-            for name, d in domains.items()
-            if name != "kodak" and d["bd_rate"][m].get("psnr") is not None
-        ]
-        out[f"ood_mean_bd_psnr_{m}"] = sum(dbs) / len(dbs) if dbs else None
-        if "kodak" in domains:
-            out[f"kodak_bd_rate_{m}"] = domains["kodak"]["bd_rate"][m]["value"]
-            out[f"kodak_bd_psnr_{m}"] = domains["kodak"]["bd_rate"][m].get("psnr")
+        out[f"paired_domains_{label}"] = both
+        for m in ("refine", "full"):
+            vals = [bd[m][key] for bd in ood.values() if bd[m].get(key) is not None]
+            out[f"ood_mean_{label}_{m}"] = _mean(vals)
+            out[f"ood_domains_{label}_{m}"] = len(vals)
+            out[f"paired_mean_{label}_{m}"] = _mean([ood[n][m][key] for n in both])
+            if "kodak" in domains:
+                out[f"kodak_{label}_{m}"] = domains["kodak"]["bd_rate"][m].get(key)
     return out
 
 
 # -- report ------------------------------------------------------------------
-def _f(value: Optional[float], fmt: str) -> str:
-    return "n/a" if value is None else format(value, fmt)
+def _f(value: Optional[float], fmt: str, unit: str = "") -> str:
+    return "n/a" if value is None else format(value, fmt) + unit
 
 
 def markdown(results: dict[str, Any], plots_prefix: str = "") -> str:
@@ -630,8 +641,8 @@ def markdown(results: dict[str, Any], plots_prefix: str = "") -> str:
         t = d["time"]
         lines.append(
             f"| {name} | {d['images']} "
-            f"| {_f(bd['refine']['value'], '+.2f')}% "
-            f"| {_f(bd['full']['value'], '+.2f')}% "
+            f"| {_f(bd['refine']['value'], '+.2f', '%')} "
+            f"| {_f(bd['full']['value'], '+.2f', '%')} "
             f"| {_f(bd['refine'].get('psnr'), '+.3f')} / "
             f"{_f(bd['full'].get('psnr'), '+.3f')} dB "
             f"| {_f(None if d['update_share'] is None else 100 * d['update_share'], '.1f')}% "  # noqa: E501
@@ -640,6 +651,17 @@ def markdown(results: dict[str, Any], plots_prefix: str = "") -> str:
             f"| {_f(t.get('base_decode'), '.2f')} / {_f(t.get('decode'), '.2f')} |"
         )
     s = results["summary"]
+    undefined = [
+        f"{name} {m}: {', '.join(sorted(set(why.values())))}"
+        if isinstance(why, dict)
+        else f"{name} {m}: {why}"
+        for name, d in domains.items()
+        for m in ("refine", "full")
+        for why in [d["bd_rate"][m].get("why")]
+        if why
+    ]
+    if undefined:
+        lines += ["", "n/a: " + "; ".join(undefined) + "."]
     lines += [
         "",
         "BD-rate: Bjontegaard delta rate vs the base codec (PSNR vs bpp, PCHIP on "
@@ -652,11 +674,19 @@ def markdown(results: dict[str, Any], plots_prefix: str = "") -> str:
         "images (the cost the encoder minimizes; never-worse means J full <= J "
         "refine <= J base per image).",
         "",
-        f"Mean BD-rate over the {s.get('ood_domains_full', 0)} out-of-domain "
-        f"domains: refine-only {_f(s.get('ood_mean_bd_rate_refine'), '+.2f')}%, "
-        f"full {_f(s.get('ood_mean_bd_rate_full'), '+.2f')}%; BD-PSNR "
-        f"refine-only {_f(s.get('ood_mean_bd_psnr_refine'), '+.3f')} dB, full "
-        f"{_f(s.get('ood_mean_bd_psnr_full'), '+.3f')} dB.",
+        "Mean over the out-of-domain domains where both methods have a value "
+        f"(BD-rate: {len(s.get('paired_domains_bd_rate', []))} domains, "
+        f"{', '.join(s.get('paired_domains_bd_rate', [])) or 'none'}): "
+        f"refine-only {_f(s.get('paired_mean_bd_rate_refine'), '+.2f', '%')}, "
+        f"full {_f(s.get('paired_mean_bd_rate_full'), '+.2f', '%')}. "
+        f"BD-PSNR ({len(s.get('paired_domains_bd_psnr', []))} domains): "
+        f"refine-only {_f(s.get('paired_mean_bd_psnr_refine'), '+.3f')} dB, "
+        f"full {_f(s.get('paired_mean_bd_psnr_full'), '+.3f')} dB. Each method over "
+        f"every domain where it has a BD-rate: refine-only "
+        f"{_f(s.get('ood_mean_bd_rate_refine'), '+.2f', '%')} "
+        f"({s.get('ood_domains_bd_rate_refine', 0)} domains), full "
+        f"{_f(s.get('ood_mean_bd_rate_full'), '+.2f', '%')} "
+        f"({s.get('ood_domains_bd_rate_full', 0)} domains).",
         "",
         "### Rate points (bpp / PSNR dB, averaged over images)",
         "",
