@@ -767,7 +767,7 @@ def plot_domain(path: Path, name: str, d: dict[str, Any]) -> None:
 
 
 # -- main --------------------------------------------------------------------
-def _run(args: argparse.Namespace) -> dict[str, Any]:
+def _run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
     if not args.architecture.endswith(_LORA):
         raise BenchError(f"need a -lora architecture, not {args.architecture}")
     weights = _weights(args)
@@ -792,7 +792,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     results: dict[str, Any] = {
-        "argv": sys.argv[1:],
+        "argv": [str(a) for a in argv],
+        "report_only": bool(args.report_only),
         "settings": {
             "architecture": args.architecture,
             "weights": [str(w) for w in weights],
@@ -861,7 +862,7 @@ def main(argv: list[str]) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, args.threads))
     try:
-        results = _run(args)
+        results = _run(args, argv)
     except BenchError as err:
         print(f"Error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
