@@ -104,6 +104,23 @@ def test_aggregate_rate_point_by_hand():
     assert row["check"]["max_abs_bpp_stats_vs_bitstream"] == pytest.approx(0.0)
 
 
+def test_find_per_image_tells_base_from_lora(tmp_path):
+    cpt = "cheng2020-attn-N64-q1"
+    files = {
+        f"a-{cpt}-ans.json": {"source": "a", "name": "cheng2020-attn-lora"},
+        f"a-{cpt}-cheng2020-attn-ans.json": {"source": "a", "name": "cheng2020-attn"},
+        f"a-b-{cpt}-ans.json": {"source": "a-b", "name": "cheng2020-attn-lora"},
+        f"a-{cpt}0-ans.json": {"source": "a", "name": "cheng2020-attn-lora"},
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_text(json.dumps({**data, "file": name}))
+    lora = bench.find_per_image(tmp_path, "a", cpt, "cheng2020-attn-lora")
+    base = bench.find_per_image(tmp_path, "a", cpt, "cheng2020-attn")
+    assert lora["file"] == f"a-{cpt}-ans.json"
+    assert base["file"] == f"a-{cpt}-cheng2020-attn-ans.json"
+    assert bench.find_per_image(tmp_path, "a", "other", "cheng2020-attn") is None
+
+
 def _domain(factor: float) -> list[list[dict]]:
     """4 rate points; the update sends the base quality at ``factor`` x bits."""
     rate_points = []
@@ -124,6 +141,8 @@ def test_aggregate_domain_bd_rate():
     d = bench.aggregate_domain(_domain(0.9))
     assert d["bd_rate"]["full"]["value"] == pytest.approx(-10.0)
     assert d["bd_rate"]["refine"]["value"] == pytest.approx(0.0, abs=1e-9)
+    assert d["bd_rate"]["full"]["psnr"] > 0
+    assert d["bd_rate"]["refine"]["psnr"] == pytest.approx(0.0, abs=1e-9)
     assert d["open_gates"] == {LAYER: 4}
     assert d["choices"] == {"update": 4}
     assert d["curves"]["full"]["bpp"] == pytest.approx([0.09, 0.18, 0.36, 0.72])
@@ -143,12 +162,20 @@ def test_summarize_and_markdown():
     s = bench.summarize(domains)
     assert s["ood_mean_bd_rate_full"] == pytest.approx(-15.0)
     assert s["ood_mean_bd_rate_refine"] == pytest.approx(0.0, abs=1e-9)
+    assert s["paired_mean_bd_rate_full"] == pytest.approx(-15.0)
     assert s["kodak_bd_rate_full"] == pytest.approx(0.0, abs=1e-9)
-    assert s["ood_domains_full"] == 2
+    assert s["ood_domains_bd_rate_full"] == 2
+    assert s["paired_domains_bd_rate"] == ["pixel", "screen"]
+    # a domain where only one method has a value is left out of the paired mean
+    domains["screen"]["bd_rate"]["full"] = {"value": None, "psnr": None, "why": "x"}
+    s2 = bench.summarize(domains)
+    assert s2["paired_domains_bd_rate"] == ["pixel"]
+    assert s2["paired_mean_bd_rate_full"] == pytest.approx(-20.0)
+    assert s2["ood_domains_bd_rate_refine"] == 2
     md = bench.markdown(
         {"domains": domains, "summary": s, "rate_points": ["q1", "q2", "q3", "q4"]}
     )
-    assert "| pixel | 1 | +0.00% | -20.00% |" in md
+    assert "| pixel | 1 | +0.00% | -20.00% | +0.000 / +" in md
     assert f"| {LAYER} | 4 | 4 | 4 |" in md
 
 
@@ -246,9 +273,11 @@ def test_end_to_end(tmp_path, capsys):
         assert len(d["rate_points"]) == 4
         assert d["sizes"] == [[64, 64]]
         assert "problems" not in d
+        assert d["time"]["base_encode"] < d["time"]["encode"]  # adaptation
         for m in ("refine", "full"):
-            value = d["bd_rate"][m]["value"]
-            assert value is None or math.isfinite(value)
+            for key in ("value", "psnr"):
+                value = d["bd_rate"][m][key]
+                assert value is None or math.isfinite(value)
         for row in d["rate_points"]:
             for m in bench.METHODS:
                 assert row[m]["bpp"] > 0 and math.isfinite(row[m]["psnr-rgb"])

@@ -282,7 +282,9 @@ def _subset_key(entries: Sequence[dict[str, Any]]) -> list[tuple]:
     ]
 
 
-def _check_manifest(path: Path, manifest: dict[str, Any], overwrite: bool) -> None:
+def _check_manifest(
+    path: Path, manifest: dict[str, Any], overwrite: bool, write: bool = True
+) -> None:
     """Refuse to mix per-image results of different subsets in one directory."""
     if path.is_file() and not overwrite:
         try:
@@ -301,6 +303,8 @@ def _check_manifest(path: Path, manifest: dict[str, Any], overwrite: bool) -> No
                         "--output or --overwrite"
                     )
             manifest["domains"] = {**old_domains, **manifest["domains"]}
+    if not write:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(manifest, indent=2))
 
@@ -370,7 +374,7 @@ def find_per_image(
         if data is None or data.get("source", stem) != stem:
             continue
         name = str(data.get("name", ""))
-        if name == arch or name.startswith(f"{arch}-"):
+        if name in (arch, f"{arch}-mse", f"{arch}-ms-ssim"):
             return data
     return None
 
@@ -407,6 +411,7 @@ def load_records(
             records.append(
                 {
                     "image": stem,
+                    "settings": ours.get("settings"),
                     "stats": stats,
                     "results": ours.get("results", {}),
                     "base_results": (base or {}).get("results"),
@@ -527,17 +532,22 @@ def aggregate_rate_point(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _bd(anchor: dict[str, list], test: dict[str, list]) -> dict[str, Any]:
-    from compressai_lora.utils.bd import bd_rate
+    """BD-rate (%, ``value``) and BD-PSNR (dB, ``psnr``) of ``test`` vs ``anchor``;
+    None with ``why`` where undefined (e.g. no shared PSNR range)."""
+    from compressai_lora.utils.bd import bd_psnr, bd_rate
 
-    try:
-        value = bd_rate(
-            anchor["bpp"], anchor["psnr-rgb"], test["bpp"], test["psnr-rgb"]
-        )
-    except (ValueError, ZeroDivisionError) as err:
-        return {"value": None, "why": str(err)}
-    if value is None or not math.isfinite(value):
-        return {"value": None, "why": "not finite"}
-    return {"value": float(value)}
+    out: dict[str, Any] = {}
+    for key, fn in (("value", bd_rate), ("psnr", bd_psnr)):
+        try:
+            value = fn(anchor["bpp"], anchor["psnr-rgb"], test["bpp"], test["psnr-rgb"])
+        except (ValueError, ZeroDivisionError) as err:
+            out[key], out.setdefault("why", {})[key] = None, str(err)
+            continue
+        if value is None or not math.isfinite(value):
+            out[key], out.setdefault("why", {})[key] = None, "not finite"
+        else:
+            out[key] = float(value)
+    return out
 
 
 def aggregate_domain(rate_points: Sequence[Sequence[dict[str, Any]]]) -> dict[str, Any]:
@@ -548,12 +558,20 @@ def aggregate_domain(rate_points: Sequence[Sequence[dict[str, Any]]]) -> dict[st
         for m in METHODS
     }
     out: dict[str, Any] = {"rate_points": rows, "curves": curves}
+    settings = [
+        r["settings"] for recs in rate_points for r in recs if r.get("settings")
+    ]
+    if settings:  # as eval_model stored them (lmbda differs per rate point)
+        out["adaptation_settings"] = {
+            k: v for k, v in settings[0].items() if k != "lmbda"
+        }
     bd: dict[str, Any] = {}
     for m in ("refine", "full"):
         if len(rows) >= 4:
             bd[m] = _bd(curves["base"], curves[m])
         else:
-            bd[m] = {"value": None, "why": f"{len(rows)} rate points (< 4)"}
+            why = f"{len(rows)} rate points (< 4)"
+            bd[m] = {"value": None, "psnr": None, "why": why}
     host = {k: [row["host_base"][k] for row in rows] for k in ("bpp", "psnr-rgb")}
     if len(rows) >= 4 and None not in host["bpp"] + host["psnr-rgb"]:
         bd["base_vs_host_base"] = _bd(host, curves["base"])
@@ -577,34 +595,45 @@ def aggregate_domain(rate_points: Sequence[Sequence[dict[str, Any]]]) -> dict[st
 
 
 def summarize(domains: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Averages of the BD-rates over the out-of-domain domains; Kodak's."""
+    """Mean BD-rate / BD-PSNR over the out-of-domain domains; Kodak's.
+
+    ``ood_mean_*`` average each method over the domains where its value is
+    defined; ``paired_*`` over the domains where both methods' values are, so
+    refinement only and the full method are compared on the same domains.
+    """
+    ood = {n: d["bd_rate"] for n, d in domains.items() if n != "kodak"}
     out: dict[str, Any] = {}
-    for m in ("refine", "full"):
-        vals = [
-            d["bd_rate"][m]["value"]
-            for name, d in domains.items()
-            if name != "kodak" and d["bd_rate"][m]["value"] is not None
+    for key, label in (("value", "bd_rate"), ("psnr", "bd_psnr")):
+        both = [
+            n
+            for n, bd in ood.items()
+            if all(bd[m].get(key) is not None for m in ("refine", "full"))
         ]
-        out[f"ood_mean_bd_rate_{m}"] = sum(vals) / len(vals) if vals else None
-        out[f"ood_domains_{m}"] = len(vals)
-        if "kodak" in domains:
-            out[f"kodak_bd_rate_{m}"] = domains["kodak"]["bd_rate"][m]["value"]
+        out[f"paired_domains_{label}"] = both
+        for m in ("refine", "full"):
+            vals = [bd[m][key] for bd in ood.values() if bd[m].get(key) is not None]
+            out[f"ood_mean_{label}_{m}"] = _mean(vals)
+            out[f"ood_domains_{label}_{m}"] = len(vals)
+            out[f"paired_mean_{label}_{m}"] = _mean([ood[n][m][key] for n in both])
+            if "kodak" in domains:
+                out[f"kodak_{label}_{m}"] = domains["kodak"]["bd_rate"][m].get(key)
     return out
 
 
 # -- report ------------------------------------------------------------------
-def _f(value: Optional[float], fmt: str) -> str:
-    return "n/a" if value is None else format(value, fmt)
+def _f(value: Optional[float], fmt: str, unit: str = "") -> str:
+    return "n/a" if value is None else format(value, fmt) + unit
 
 
 def markdown(results: dict[str, Any], plots_prefix: str = "") -> str:
     """Tables of ``results.json`` as markdown."""
     domains = results["domains"]
     lines = [
-        "| domain | images | BD-rate refine-only | BD-rate full | update share "
+        "| domain | images | BD-rate refine-only | BD-rate full "
+        "| BD-PSNR refine-only / full | update share "
         "| sent (base/refined/update) | encode s/img (base / ours) "
         "| decode s/img (base / ours) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, d in domains.items():
         bd = d["bd_rate"]
@@ -612,30 +641,58 @@ def markdown(results: dict[str, Any], plots_prefix: str = "") -> str:
         t = d["time"]
         lines.append(
             f"| {name} | {d['images']} "
-            f"| {_f(bd['refine']['value'], '+.2f')}% "
-            f"| {_f(bd['full']['value'], '+.2f')}% "
+            f"| {_f(bd['refine']['value'], '+.2f', '%')} "
+            f"| {_f(bd['full']['value'], '+.2f', '%')} "
+            f"| {_f(bd['refine'].get('psnr'), '+.3f')} / "
+            f"{_f(bd['full'].get('psnr'), '+.3f')} dB "
             f"| {_f(None if d['update_share'] is None else 100 * d['update_share'], '.1f')}% "  # noqa: E501
             f"| {ch.get('base', 0)}/{ch.get('refined', 0)}/{ch.get('update', 0)} "
             f"| {_f(t.get('base_encode'), '.2f')} / {_f(t.get('encode'), '.2f')} "
             f"| {_f(t.get('base_decode'), '.2f')} / {_f(t.get('decode'), '.2f')} |"
         )
     s = results["summary"]
+    undefined = [
+        f"{name} {m}: {', '.join(sorted(set(why.values())))}"
+        if isinstance(why, dict)
+        else f"{name} {m}: {why}"
+        for name, d in domains.items()
+        for m in ("refine", "full")
+        for why in [d["bd_rate"][m].get("why")]
+        if why
+    ]
+    if undefined:
+        lines += ["", "n/a: " + "; ".join(undefined) + "."]
     lines += [
         "",
         "BD-rate: Bjontegaard delta rate vs the base codec (PSNR vs bpp, PCHIP on "
-        "log-rate), negative = fewer bits for the same PSNR. Update share: bits "
+        "log-rate), negative = fewer bits for the same PSNR; it integrates over "
+        "the PSNR range both curves share. BD-PSNR: mean PSNR gain over the shared "
+        "rate range. Update share: bits "
         "of the transmitted update (an empty update frame when none is sent) over "
         "all bits, averaged over rate points. Sent: candidate chosen, counted over "
-        "images x rate points.",
+        "images x rate points. J = bpp + lambda * 255^2 * MSE, averaged over "
+        "images (the cost the encoder minimizes; never-worse means J full <= J "
+        "refine <= J base per image).",
         "",
-        f"Mean BD-rate over the {s.get('ood_domains_full', 0)} out-of-domain "
-        f"domains: refine-only {_f(s.get('ood_mean_bd_rate_refine'), '+.2f')}%, "
-        f"full {_f(s.get('ood_mean_bd_rate_full'), '+.2f')}%.",
+        "Mean over the out-of-domain domains where both methods have a value "
+        f"(BD-rate: {len(s.get('paired_domains_bd_rate', []))} domains, "
+        f"{', '.join(s.get('paired_domains_bd_rate', [])) or 'none'}): "
+        f"refine-only {_f(s.get('paired_mean_bd_rate_refine'), '+.2f', '%')}, "
+        f"full {_f(s.get('paired_mean_bd_rate_full'), '+.2f', '%')}. "
+        f"BD-PSNR ({len(s.get('paired_domains_bd_psnr', []))} domains): "
+        f"refine-only {_f(s.get('paired_mean_bd_psnr_refine'), '+.3f')} dB, "
+        f"full {_f(s.get('paired_mean_bd_psnr_full'), '+.3f')} dB. Each method over "
+        f"every domain where it has a BD-rate: refine-only "
+        f"{_f(s.get('ood_mean_bd_rate_refine'), '+.2f', '%')} "
+        f"({s.get('ood_domains_bd_rate_refine', 0)} domains), full "
+        f"{_f(s.get('ood_mean_bd_rate_full'), '+.2f', '%')} "
+        f"({s.get('ood_domains_bd_rate_full', 0)} domains).",
         "",
         "### Rate points (bpp / PSNR dB, averaged over images)",
         "",
-        "| domain | rate | lambda | base | refine-only | full | update share |",
-        "|---|---|---|---|---|---|---|",
+        "| domain | rate | lambda | base | refine-only | full | update share "
+        "| J base / refine / full |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, d in domains.items():
         for i, row in enumerate(d["rate_points"]):
@@ -647,7 +704,8 @@ def markdown(results: dict[str, Any], plots_prefix: str = "") -> str:
             lines.append(
                 f"| {name} | {results['rate_points'][i]} "
                 f"| {_f(row['lmbda'], 'g')} | {' | '.join(cells)} "
-                f"| {_f(None if share is None else 100 * share, '.1f')}% |"
+                f"| {_f(None if share is None else 100 * share, '.1f')}% "
+                f"| {' / '.join(_f(row[m]['J'], '.4f') for m in METHODS)} |"
             )
     layers = sorted({g for d in domains.values() for g in d["open_gates"]})
     lines += ["", "### Gates opened per layer (counts over images x rate points)", ""]
@@ -709,7 +767,7 @@ def plot_domain(path: Path, name: str, d: dict[str, Any]) -> None:
 
 
 # -- main --------------------------------------------------------------------
-def _run(args: argparse.Namespace) -> dict[str, Any]:
+def _run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
     if not args.architecture.endswith(_LORA):
         raise BenchError(f"need a -lora architecture, not {args.architecture}")
     weights = _weights(args)
@@ -726,13 +784,16 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         "crop": 0 if args.full else args.crop,
         "domains": subset,
     }
-    _check_manifest(args.output / "subset.json", manifest, args.overwrite)
-    write_subset(args.data, args.output / "images", subset)
+    write = not args.report_only
+    _check_manifest(args.output / "subset.json", manifest, args.overwrite, write)
+    if write:
+        write_subset(args.data, args.output / "images", subset)
 
     import torch
 
     results: dict[str, Any] = {
-        "argv": sys.argv[1:],
+        "argv": [str(a) for a in argv],
+        "report_only": bool(args.report_only),
         "settings": {
             "architecture": args.architecture,
             "weights": [str(w) for w in weights],
@@ -801,7 +862,7 @@ def main(argv: list[str]) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, args.threads))
     try:
-        results = _run(args)
+        results = _run(args, argv)
     except BenchError as err:
         print(f"Error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
