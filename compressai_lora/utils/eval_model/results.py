@@ -28,8 +28,10 @@ __all__ = [
 HOST_KEYS = ("psnr-rgb", "ms-ssim-rgb", "bpp", "encoding_time", "decoding_time")
 #: Per-image adaptation keys, read from ``model.last_adaptation``.
 ADAPT_KEYS = ("update_bpp", "open_gates", "adaptation_time")
-#: Settings that do not change results (left out of the resume check).
-_NOT_RESULT_SETTINGS = ("threads",)
+#: Settings that do not change results (left out of the resume check).  The
+#: thread count is not among them: it changes the float sums of the
+#: optimization, hence the bytes.
+_NOT_RESULT_SETTINGS: tuple[str, ...] = ()
 
 
 def settings_of(cfg: AdaptConfig) -> dict[str, Any]:
