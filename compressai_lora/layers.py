@@ -93,13 +93,8 @@ class LoRAConv(nn.Module):
             "K": (r, kh, kw),
         }
 
-    def initial_factors(
-        self, generator: Optional[torch.Generator] = None
-    ) -> dict[str, Tensor]:
-        """Trainable starting point: all zero (no update, nearly free to send).
-
-        ``generator`` is accepted for API stability and unused.
-        """
+    def initial_factors(self) -> dict[str, Tensor]:
+        """Trainable starting point: all zero (no update, nearly free to send)."""
         w = self.base.weight
         return {k: w.new_zeros(shape) for k, shape in self.factor_shapes().items()}
 

@@ -68,7 +68,7 @@ def set_random_update(
     for i, m in enumerate(model.adapters().values()):
         if i % 2:
             continue
-        factors = m.initial_factors(g)
+        factors = m.initial_factors()
         factors["A"] = 0.1 * torch.randn(factors["A"].shape, generator=g)
         factors["B"] = torch.randn(factors["B"].shape, generator=g) * scale
         if "K" in factors:
