@@ -13,7 +13,8 @@ Image Compression", ACM MM 2023.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+import contextlib
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from compressai.models import (
@@ -26,7 +27,7 @@ from compressai.models import (
 )
 from torch import Tensor
 
-from . import update_stream
+from . import latent_strings, update_stream
 from .adapt.config import AdaptConfig
 from .adapt.engine import adapt_and_compress
 from .adapt.latents import latent_terms
@@ -81,6 +82,7 @@ class LoRAModelMixin:
         self.default_lmbda: Optional[float] = None
         #: statistics of the last ``compress()`` call (choice, bits, times...)
         self.last_adaptation: dict[str, Any] = {}
+        self._input_padding: tuple[int, int, int, int] = (0, 0, 0, 0)
 
     @property
     def adapt_config(self) -> AdaptConfig:
@@ -206,6 +208,24 @@ class LoRAModelMixin:
         """The host model's ``decompress`` of latent strings."""
         return super().decompress(strings, shape)
 
+    @contextlib.contextmanager
+    def input_padding(self, padding: Sequence[int]) -> Iterator[None]:
+        """Within the block, inputs carry ``padding`` (left, right, top, bottom).
+
+        The padding CompressAI's tools add (``compute_padding(h, w,
+        min_div=2**6)``); the adaptation then optimizes and costs only the
+        image's own pixels.  Outside any block the whole input is the image.
+        """
+        left, right, top, bottom = (int(p) for p in padding)
+        if min(left, right, top, bottom) < 0:
+            raise ValueError(f"padding must be >= 0, got {tuple(padding)}")
+        saved = self._input_padding
+        self._input_padding = (left, right, top, bottom)
+        try:
+            yield
+        finally:
+            self._input_padding = saved
+
     def adapts(self) -> bool:
         """Whether ``compress``/eval ``forward`` run the per-image adaptation."""
         cfg = self.adapt_config
@@ -215,7 +235,9 @@ class LoRAModelMixin:
         state = self._adapter_state()
         self.reset_adapters()
         try:
-            best, stats = adapt_and_compress(self, x, self.adapt_config)
+            best, stats = adapt_and_compress(
+                self, x, self.adapt_config, padding=self._input_padding
+            )
         finally:
             self._restore_adapter_state(state)
         self.last_adaptation = stats
@@ -225,7 +247,7 @@ class LoRAModelMixin:
         """Adapt to ``x`` (if enabled) and code it: host strings + ``[update]``.
 
         With adaptation disabled (or 0 steps) this is the host's ``compress``
-        plus the current adapter state (normally no update: 1 byte).
+        plus the current adapter state (normally no update: 0 bytes).
         """
         if not self.adapts():
             out = super().compress(x)
@@ -251,7 +273,12 @@ class LoRAModelMixin:
         return {"x_hat": x_hat, "likelihoods": likelihoods}
 
     def decompress(self, strings: list, shape) -> dict[str, Tensor]:
-        """Parse and apply the update (merged weights), decode, restore."""
+        """Parse and apply the update (merged weights), decode, restore.
+
+        The latent strings are length-checked and zero-padded first (see
+        :mod:`compressai_lora.latent_strings`): corrupted strings raise
+        ``ValueError`` or decode the same way every time.
+        """
         if not isinstance(strings, (list, tuple)) or len(strings) < 2:
             raise ValueError(
                 "strings must be the host's latent strings plus one update entry"
@@ -260,12 +287,13 @@ class LoRAModelMixin:
         if not isinstance(entry, (list, tuple)) or len(entry) != 1:
             raise ValueError("the last strings entry must be [update_bytes]")
         updates = self.decode_update(entry[0])
+        latent = latent_strings.check_and_pad(self, list(strings[:-1]), shape)
         state = self._adapter_state()
         try:
             self.load_update(updates)
             self.merge_adapters()
             with torch.no_grad():
-                return super().decompress(list(strings[:-1]), shape)
+                return super().decompress(latent, shape)
         finally:
             self._restore_adapter_state(state)
 

@@ -16,7 +16,10 @@ Layout (format version 1), every field explicitly sized::
     payload       quantized factors of the open layers, rANS-coded with
                   compressai's coder under the discretized Laplace priors
 
-With every gate closed the stream is the single byte ``0x10``.  The decoder
+With every gate closed the stream is empty (0 bytes): the ``strings`` entry
+frames its length, so "no update" costs nothing and a ``-lora`` model with no
+update counts exactly the host's bytes.  Streams of the first release wrote
+the single byte ``0x10`` for it; the decoder still reads that.  The decoder
 parses every byte, rejects trailing or missing bytes, and re-encodes the
 decoded symbols to check they reproduce the payload bit for bit, so a
 truncated or corrupted update raises ``ValueError`` instead of silently
@@ -125,7 +128,7 @@ def encode_update(
 ) -> bytes:
     """Serialize the updates of the open layers (``{layer index: update}``)."""
     if not updates:
-        return bytes([FORMAT_VERSION << 4])
+        return b""
     if n_layers > 255 or rank > 255:
         raise ValueError("at most 255 adapted layers and rank 255 are supported")
     gates = bytearray(math.ceil(n_layers / 8))
@@ -214,6 +217,8 @@ def decode_update(
     """
     if not isinstance(data, (bytes, bytearray)):
         raise ValueError(f"update stream must be bytes, got {type(data).__name__}")
+    if not data:
+        return {}  # no update
     r = _Reader(bytes(data))
     head = r.take(1, "header")[0]
     if head >> 4 != FORMAT_VERSION:

@@ -10,10 +10,9 @@ def test_compress_gives_host_strings_plus_empty_update(host_model, lora_model, i
     assert out["shape"] == host_out["shape"]
     assert len(out["strings"]) == len(host_out["strings"]) + 1
     assert out["strings"][:-1] == host_out["strings"]
-    (update,) = out["strings"][-1]
-    assert isinstance(update, bytes) and 1 <= len(update) <= 2
+    assert out["strings"][-1] == [b""]  # no update costs no byte
     host_bytes = sum(len(s[0]) for s in host_out["strings"])
-    assert sum(len(s[0]) for s in out["strings"]) == host_bytes + len(update)
+    assert sum(len(s[0]) for s in out["strings"]) == host_bytes
 
 
 def test_decompress_gives_host_x_hat(host_model, lora_model, image):

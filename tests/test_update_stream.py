@@ -42,10 +42,17 @@ def _assert_same(decoded, updates):
             assert torch.equal(decoded[i].symbols[k], v), (i, k)
 
 
-def test_no_update_is_one_byte():
+def test_no_update_is_empty():
     data = _encode({})
-    assert data == bytes([FORMAT_VERSION << 4])
+    assert data == b""
     assert decode_update(data, FP, RANK, SHAPES) == {}
+
+
+def test_first_release_no_update_byte_still_decodes():
+    """Files of format version 1 carry the single byte 0x10 for "no update"."""
+    assert decode_update(bytes([FORMAT_VERSION << 4]), FP, RANK, SHAPES) == {}
+    with pytest.raises(ValueError, match="trailing"):
+        decode_update(bytes([FORMAT_VERSION << 4, 0]), FP, RANK, SHAPES)
 
 
 @pytest.mark.parametrize("open_layers", [[0], [1, 2], [0, 1, 2]])
@@ -93,7 +100,8 @@ def test_decoder_refuses_out_of_range_symbols(monkeypatch):
 def test_every_byte_is_needed():
     updates = {i: _random_update(SHAPES[i], seed=i) for i in (0, 2)}
     data = _encode(updates)
-    for n in range(len(data)):
+    assert decode_update(b"", FP, RANK, SHAPES) == {}  # empty is "no update"
+    for n in range(1, len(data)):
         with pytest.raises(ValueError, match="update stream"):
             decode_update(data[:n], FP, RANK, SHAPES)
     with pytest.raises(ValueError, match="trailing"):

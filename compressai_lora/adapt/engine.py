@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
@@ -58,9 +57,12 @@ class Candidate:
 # -- helpers ---------------------------------------------------------------
 @contextlib.contextmanager
 def torch_threads(n: Optional[int]) -> Iterator[None]:
-    """Use ``n`` threads (None: all CPU cores) inside, restore afterwards."""
+    """Use ``n`` threads inside and restore afterwards (None: leave torch's setting)."""
+    if n is None:
+        yield
+        return
     before = torch.get_num_threads()
-    torch.set_num_threads(n or os.cpu_count() or 1)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
@@ -93,11 +95,18 @@ def distortion(x_hat: Tensor, x: Tensor, metric: str) -> Tensor:
     return 1 - ssim(x_hat, x, data_range=1.0, win_size=win)
 
 
-def coded_distortion(x_hat: Tensor, x: Tensor, metric: str) -> float:
+def crop_to(t: Tensor, x: Tensor, offset: tuple[int, int] = (0, 0)) -> Tensor:
+    """The part of decoder output ``t`` that covers image ``x`` (at ``offset``)."""
+    top, left = offset
+    return t[..., top : top + x.size(-2), left : left + x.size(-1)]
+
+
+def coded_distortion(
+    x_hat: Tensor, x: Tensor, metric: str, offset: tuple[int, int] = (0, 0)
+) -> float:
     """Distortion of 8-bit rounded images, as eval_model measures it."""
-    h, w = x.shape[-2:]
     a = (x * 255).clamp(0, 255).round() / 255
-    b = (x_hat[..., :h, :w] * 255).clamp(0, 255).round() / 255
+    b = (crop_to(x_hat, x, offset) * 255).clamp(0, 255).round() / 255
     return float(distortion(b, a, metric))
 
 
@@ -124,18 +133,29 @@ def _sane(*tensors: Optional[Tensor], limit: float = LATENT_LIMIT) -> bool:
 
 # -- phase 1 ---------------------------------------------------------------
 def refine_latents(
-    model, x: Tensor, y0: Tensor, z0: Optional[Tensor], lmbda: float, cfg, gen, cb
+    model,
+    x: Tensor,
+    y0: Tensor,
+    z0: Optional[Tensor],
+    lmbda: float,
+    cfg,
+    gen,
+    cb,
+    offset: tuple[int, int] = (0, 0),
 ) -> tuple[Tensor, Optional[Tensor], dict]:
-    """SGA refinement of ``y``/``z``; returns the best iterate (hard-rounded loss)."""
-    h, w = x.shape[-2:]
-    pixels = h * w
+    """SGA refinement of ``y``/``z``; returns the best iterate (hard-rounded loss).
+
+    ``x`` holds the image's own pixels; they sit at ``offset`` in the decoder
+    output (the rest is padding and costs nothing).
+    """
+    pixels = x.size(-2) * x.size(-1)
     y = y0.detach().clone().requires_grad_(True)
     z = None if z0 is None else z0.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([t for t in (y, z) if t is not None], lr=cfg.refine_lr)
 
     def loss_fn(rnd):
         y_hat, liks = latent_terms(model, y, z, rnd)
-        x_hat = model.g_s(y_hat)[..., :h, :w]
+        x_hat = crop_to(model.g_s(y_hat), x, offset)
         bpp = rate_bpp(liks, pixels)
         return lmbda * distortion(x_hat, x, cfg.metric) + bpp, bpp, x_hat
 
@@ -143,15 +163,18 @@ def refine_latents(
         best_loss = float(loss_fn(torch.round)[0])
     best = (y0.detach(), None if z0 is None else z0.detach())
     since, steps = 0, cfg.refine_steps
+    stats: dict[str, Any] = {}
     for t in range(steps):
         tau = temperature(t, steps)
         loss, bpp, x_hat = loss_fn(lambda v: sga_round(v, tau, gen))
         if not _finite(loss):
+            stats["diverged"] = _diverged("refine", t, "non-finite loss")
             break
         opt.zero_grad()
         loss.backward()
         opt.step()
         if not _sane(y, z):  # diverged: keep the best state so far
+            stats["diverged"] = _diverged("refine", t, "latents out of range")
             break
         since += 1
         if (t + 1) % EVAL_EVERY == 0 or t == steps - 1:
@@ -164,7 +187,13 @@ def refine_latents(
             cb(_progress("refine", t, steps, loss, bpp, x_hat, x, None))
         if cfg.patience and since >= cfg.patience:
             break
-    return best[0], best[1], {"refine_loss": best_loss, "refine_iters": t + 1}
+    stats.update(refine_loss=best_loss, refine_iters=t + 1)
+    return best[0], best[1], stats
+
+
+def _diverged(phase: str, t: int, why: str) -> dict[str, Any]:
+    """What ``stats["diverged"]`` records: the phase, the step and why."""
+    return {"phase": phase, "step": t + 1, "reason": why}
 
 
 def _progress(phase, t, steps, loss, bpp, x_hat, x, gates) -> dict[str, Any]:
@@ -195,15 +224,21 @@ def _ste_round(t: Tensor) -> Tensor:
 
 
 def train_update(
-    model, x: Tensor, y_hat: Tensor, lmbda: float, cfg: AdaptConfig, gen, cb
+    model,
+    x: Tensor,
+    y_hat: Tensor,
+    lmbda: float,
+    cfg: AdaptConfig,
+    gen,
+    cb,
+    offset: tuple[int, int] = (0, 0),
 ) -> tuple[dict[int, update_stream.LayerUpdate], dict]:
     """Optimize gated, quantized low-rank factors for fixed ``y_hat``.
 
     Returns the quantized updates of the open layers (``{layer index: ...}``)
-    and statistics.
+    and statistics.  ``x`` and ``offset`` as in :func:`refine_latents`.
     """
-    h, w = x.shape[-2:]
-    pixels = h * w
+    pixels = x.size(-2) * x.size(-1)
     adapters = list(model.adapters().values())
     step = update_stream.step_from_code(cfg.step_code)
     names = list(model.lora_layers)
@@ -257,6 +292,7 @@ def train_update(
 
     limit = step * update_stream.MAX_SYMBOL / 4
     best_loss, best_state, since = math.inf, None, 0
+    diverged = None
     t = -1
     try:
         install()
@@ -271,7 +307,7 @@ def train_update(
                 cache_prefix()
                 best_loss, best_state, since = math.inf, None, 0
             gate_vals.clear()
-            x_hat = model.g_s[split:](feat)[..., :h, :w]
+            x_hat = crop_to(model.g_s[split:](feat), x, offset)
             upd_bits = x.new_zeros(())
             for i in open_layers():
                 b = sum(tensor_bits(_ste_round(v / step)) for v in factors[i].values())
@@ -279,6 +315,7 @@ def train_update(
             bpp = upd_bits / pixels
             loss = lmbda * distortion(x_hat, x, cfg.metric) + bpp
             if not _finite(loss):
+                diverged = _diverged("adapt", t, "non-finite loss")
                 break
             if decisions is not None and loss.item() < best_loss:
                 best_loss, since = loss.item(), 0
@@ -290,7 +327,9 @@ def train_update(
             loss.backward()
             opt.step()
             if not _sane(*(v for f in factors for v in f.values()), limit=limit):
-                break  # diverged: fall back to the best state so far
+                # diverged: fall back to the best state so far
+                diverged = _diverged("adapt", t, "factors out of range")
+                break
             if cb:
                 if decisions is None:
                     n_open = sum(g.item() > 0.5 for g in gate_vals.values())
@@ -312,11 +351,14 @@ def train_update(
         and _sane(*final[i].values(), limit=limit)
         and any(torch.round(v / step).abs().sum() > 0 for v in final[i].values())
     }
-    return updates, {
+    stats = {
         "adapt_iters": t + 1,
         "gates_after_training": sum(decisions),
         "split": split,
     }
+    if diverged is not None:
+        stats["diverged"] = diverged
+    return updates, stats
 
 
 # -- real coded costs --------------------------------------------------------
@@ -334,8 +376,31 @@ class _Capture:
         self.handle.remove()
 
 
-def _latent_candidate(model, name, x, xp, y, z, lmbda, metric) -> Candidate:
-    """Code ``y``/``z`` with the host's coder, decode, and cost ``x``'s pixels."""
+@dataclass(frozen=True)
+class Target:
+    """What a candidate is costed against: the image's own pixels ``x``, where
+    they sit in the decoder output (``offset``), and the RD trade-off."""
+
+    x: Tensor
+    offset: tuple[int, int]
+    lmbda: float
+    metric: str
+
+    @property
+    def pixels(self) -> int:
+        return self.x.size(-2) * self.x.size(-1)
+
+    def cost(self, c: Candidate) -> Candidate:
+        """Set ``c``'s real bpp, distortion and ``J`` (all bytes, real pixels)."""
+        n_bytes = sum(len(s[0]) for s in c.strings) + len(c.update)
+        c.bpp = 8.0 * n_bytes / self.pixels
+        c.dist = coded_distortion(c.x_hat, self.x, self.metric, self.offset)
+        c.J = c.bpp + self.lmbda * c.dist
+        return c
+
+
+def _latent_candidate(model, name, target: Target, xp, y, z) -> Candidate:
+    """Code ``y``/``z`` with the host's coder, decode, and cost the image."""
     with torch.no_grad():
         with fixed_latents(model, y, z):
             out = model.host_compress(xp)
@@ -347,19 +412,10 @@ def _latent_candidate(model, name, x, xp, y, z, lmbda, metric) -> Candidate:
     empty = update_stream.encode_update(0, 0, 0, {}, 0)
     c = Candidate(name, out["strings"], out["shape"], empty, x_hat, y, z)
     c.extra["y_hat"] = cap.value
-    return _cost(c, x, lmbda, metric)
+    return target.cost(c)
 
 
-def _cost(c: Candidate, x: Tensor, lmbda: float, metric: str) -> Candidate:
-    pixels = x.size(-2) * x.size(-1)
-    n_bytes = sum(len(s[0]) for s in c.strings) + len(c.update)
-    c.bpp = 8.0 * n_bytes / pixels
-    c.dist = coded_distortion(c.x_hat, x, metric)
-    c.J = c.bpp + lmbda * c.dist
-    return c
-
-
-def _update_candidate(model, refined, updates, step_code, x, lmbda, metric):
+def _update_candidate(model, refined, updates, step_code, target: Target):
     """Refined latents plus ``updates``, decoded as ``decompress`` would."""
     data = model.encode_update_from(updates, step_code)
     state = model._adapter_state()
@@ -374,17 +430,17 @@ def _update_candidate(model, refined, updates, step_code, x, lmbda, metric):
         "update", refined.strings, refined.shape, data, x_hat, refined.y, refined.z
     )
     c.extra["open_gates"] = sorted(updates)
-    return _cost(c, x, lmbda, metric)
+    return target.cost(c)
 
 
-def prune_by_real_cost(model, refined, updates, step_code, x, lmbda, metric):
+def prune_by_real_cost(model, refined, updates, step_code, target: Target):
     """Greedily close layers whose update does not pay for its bits."""
-    best = _update_candidate(model, refined, updates, step_code, x, lmbda, metric)
+    best = _update_candidate(model, refined, updates, step_code, target)
     for i in sorted(updates):
         trial = {k: v for k, v in updates.items() if k != i}
         if not trial:
             break
-        c = _update_candidate(model, refined, trial, step_code, x, lmbda, metric)
+        c = _update_candidate(model, refined, trial, step_code, target)
         if c.J < best.J:
             best, updates = c, trial
     return best
@@ -416,9 +472,18 @@ def resolve_lmbda(model, cfg: AdaptConfig) -> float:
 
 
 def adapt_and_compress(
-    model, x: Tensor, cfg: AdaptConfig, callback: Optional[Callable] = None
+    model,
+    x: Tensor,
+    cfg: AdaptConfig,
+    callback: Optional[Callable] = None,
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0),
 ) -> tuple[Candidate, dict[str, Any]]:
-    """Adapt ``model`` to ``x`` (1 image) and return the cheapest candidate."""
+    """Adapt ``model`` to ``x`` (1 image) and return the cheapest candidate.
+
+    ``padding`` (left, right, top, bottom, as ``compute_padding`` gives it)
+    says how much of ``x`` is padding the caller added: the loss, the
+    distortion and the bpp count only the image's own pixels.
+    """
     if x.dim() != 4 or x.size(0) != 1:
         raise ValueError(
             f"adaptation works on one image at a time, got input of shape "
@@ -427,14 +492,21 @@ def adapt_and_compress(
     lmbda = resolve_lmbda(model, cfg)
     if not _finite(x):
         raise ValueError("input image contains NaN or inf")
+    left, right, top, bottom = padding
+    h, w = x.size(-2) - top - bottom, x.size(-1) - left - right
+    if min(padding) < 0 or h < 1 or w < 1:
+        raise ValueError(f"padding {padding} does not fit an input of {tuple(x.shape)}")
+    image = x[..., top : top + h, left : left + w]
+    target = Target(image, (top, left), lmbda, cfg.metric)
     cb = callback or cfg.callback
     xp = pad_to_multiple(x, model.downsampling_factor)
     gen = torch.Generator().manual_seed(cfg.seed)
     stats: dict[str, Any] = {"lmbda": lmbda}
+    diverged = []
     t0 = time.perf_counter()
     with torch.no_grad():
         y0, z0 = analyse(model, xp)
-    base = _latent_candidate(model, "base", x, xp, y0, z0, lmbda, cfg.metric)
+    base = _latent_candidate(model, "base", target, xp, y0, z0)
     candidates = [base]
     stats["base_time"] = time.perf_counter() - t0
 
@@ -442,9 +514,12 @@ def adapt_and_compress(
     refined = base
     if cfg.refine_steps > 0:
         with torch.enable_grad(), frozen(model), torch_threads(cfg.threads):
-            y, z, s = refine_latents(model, x, y0, z0, lmbda, cfg, gen, cb)
+            y, z, s = refine_latents(
+                model, image, y0, z0, lmbda, cfg, gen, cb, (top, left)
+            )
+        diverged += [s.pop("diverged")] if "diverged" in s else []
         stats.update(s)
-        refined = _latent_candidate(model, "refined", x, xp, y, z, lmbda, cfg.metric)
+        refined = _latent_candidate(model, "refined", target, xp, y, z)
         candidates.append(refined)
     stats["refine_time"] = time.perf_counter() - t0
 
@@ -452,13 +527,14 @@ def adapt_and_compress(
     if cfg.adapt_steps > 0:
         y_hat = refined.extra["y_hat"]
         with torch.enable_grad(), frozen(model), torch_threads(cfg.threads):
-            updates, s = train_update(model, x, y_hat, lmbda, cfg, gen, cb)
+            updates, s = train_update(
+                model, image, y_hat, lmbda, cfg, gen, cb, (top, left)
+            )
+        diverged += [s.pop("diverged")] if "diverged" in s else []
         stats.update(s)
         if updates:
             candidates.append(
-                prune_by_real_cost(
-                    model, refined, updates, cfg.step_code, x, lmbda, cfg.metric
-                )
+                prune_by_real_cost(model, refined, updates, cfg.step_code, target)
             )
     stats["adapt_time"] = time.perf_counter() - t0
 
@@ -472,6 +548,7 @@ def adapt_and_compress(
             "dist": {c.name: c.dist for c in candidates},
             "update_bits": 8 * len(best.update),
             "open_gates": [layer_names[i] for i in best.extra.get("open_gates", [])],
+            "diverged": diverged,
         }
     )
     return best, stats

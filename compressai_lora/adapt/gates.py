@@ -3,6 +3,10 @@
 Per adapted layer (Lv et al., ACM MM 2023): conv stride 2 -> ReLU -> global
 average pool -> 1x1 conv to 2 logits -> hard decision with a straight-through
 estimator.  They run only in the encoder; the decoder gets one bit per layer.
+
+Every parameter is drawn from the generator passed in: building a gate never
+touches torch's global RNG, whose start seed differs from process to process,
+so the same seed gives the same gates (and the same bytes) in every process.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-__all__ = ["GateNetwork"]
+__all__ = ["GateNetwork", "init_gates"]
 
 
 class GateNetwork(nn.Module):
@@ -25,15 +29,40 @@ class GateNetwork(nn.Module):
         open_bias: initial logit margin in favour of "open"; the update starts
             at zero, so an open gate costs only the (cheap) zero factors and
             the RD gradient decides whether it stays open
+        generator: source of the initial weights (None: torch's global RNG)
+        device: where the parameters live
     """
 
-    def __init__(self, in_channels: int, hidden: int = 16, open_bias: float = 2.0):
+    def __init__(
+        self,
+        in_channels: int,
+        hidden: int = 16,
+        open_bias: float = 2.0,
+        generator: Optional[torch.Generator] = None,
+        device=None,
+    ):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, hidden, 3, stride=2, padding=1)
-        self.head = nn.Conv2d(hidden, 2, 1)
-        with torch.no_grad():
-            self.head.weight.mul_(0.1)
-            self.head.bias.copy_(torch.tensor([0.0, open_bias]))
+        # built on the meta device: nn.Conv2d's own init would draw from the
+        # global RNG; reset_parameters draws from ``generator`` instead
+        self.conv = nn.Conv2d(
+            in_channels, hidden, 3, stride=2, padding=1, device="meta"
+        )
+        self.head = nn.Conv2d(hidden, 2, 1, device="meta")
+        self.open_bias = open_bias
+        self.to_empty(device=device or "cpu")
+        self.reset_parameters(generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
+        """PyTorch's default conv init (uniform in +-1/sqrt(fan_in)), drawn
+        from ``generator``; the head starts small and biased towards open."""
+        for conv in (self.conv, self.head):
+            bound = 1.0 / (conv.weight[0].numel() ** 0.5)
+            for p in (conv.weight, conv.bias):
+                u = torch.rand(p.shape, generator=generator, dtype=p.dtype)
+                p.copy_(u * 2 * bound - bound)
+        self.head.weight.mul_(0.1)
+        self.head.bias.copy_(torch.tensor([0.0, self.open_bias]))
 
     def logits(self, x: Tensor) -> Tensor:
         h = torch.relu(self.conv(x)).mean(dim=(2, 3), keepdim=True)
@@ -45,25 +74,9 @@ class GateNetwork(nn.Module):
         hard = (p_open > 0.5).to(p_open)
         return hard + p_open - p_open.detach()
 
-    @torch.no_grad()
-    def decide(self, x: Tensor) -> bool:
-        return bool(self.forward(x) > 0.5)
-
 
 def init_gates(
     in_channels: list[int], generator: Optional[torch.Generator], device
 ) -> list[GateNetwork]:
     """Seeded gate networks, one per adapted layer."""
-    gates = []
-    for c in in_channels:
-        g = GateNetwork(c)
-        with torch.no_grad():
-            for p in g.parameters():
-                if p.dim() > 1:
-                    bound = 1.0 / max(p[0].numel(), 1) ** 0.5
-                    p.copy_(
-                        torch.rand(p.shape, generator=generator) * 2 * bound - bound
-                    )
-            g.head.weight.mul_(0.1)
-        gates.append(g.to(device))
-    return gates
+    return [GateNetwork(c, generator=generator, device=device) for c in in_channels]

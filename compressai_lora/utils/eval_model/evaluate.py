@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 from collections import Counter
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from compressai.ops import compute_padding
 from compressai.utils.eval_model import __main__ as host
 from torch import Tensor
 from tqdm import tqdm
@@ -81,14 +83,18 @@ def infer(
     """The host's per-image inference, plus the adaptation statistics."""
     if hasattr(model, "last_adaptation"):
         model.last_adaptation = {}  # no stale statistics from the last image
-    if not args.entropy_estimation:
-        if args.half:
-            model = model.half()
-            x = x.half()
-        rv = host.inference(model, x, vbr_stage, vbr_scale)
-    else:
-        padded = PaddedForward(model)
-        rv = host.inference_entropy_estimation(padded, x, vbr_stage, vbr_scale)
+    # the padding both inference paths add: adaptation costs only real pixels
+    pad, _ = compute_padding(x.size(-2), x.size(-1), min_div=2**6)
+    padding = getattr(model, "input_padding", None)
+    with padding(pad) if padding else contextlib.nullcontext():
+        if not args.entropy_estimation:
+            if args.half:
+                model = model.half()
+                x = x.half()
+            rv = host.inference(model, x, vbr_stage, vbr_scale)
+        else:
+            padded = PaddedForward(model)
+            rv = host.inference_entropy_estimation(padded, x, vbr_stage, vbr_scale)
     rv = dict(rv)
     stats = dict(getattr(model, "last_adaptation", None) or {})
     rv.update(adaptation_results(stats, x.size(-2) * x.size(-1)))
