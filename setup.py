@@ -18,6 +18,7 @@ setup(
         "pytorch-msssim",
         "tqdm",
         "matplotlib",
+        "psutil",
     ],
     extras_require={"test": ["pytest"], "dev": ["pytest", "ruff"]},
     entry_points={

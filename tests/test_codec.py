@@ -279,6 +279,8 @@ def _header(**changes) -> fmt.Header:
         height=1,
         shape=(1, 6),
         cuda=True,
+        device="cuda NVIDIA Test, torch 0",
+        recon=bytes(range(8, 16)),
     )
     return fmt.Header(**{**fields, **changes})
 
@@ -306,9 +308,23 @@ def _with_crc(body: bytes) -> bytes:
 
 def test_format_other_version():
     data = bytearray(fmt.pack(_header(), [[b"a"]]))
-    data[4] = 2
-    with pytest.raises(fmt.FormatError, match="format version 2"):
+    data[4] = 3
+    with pytest.raises(fmt.FormatError, match="format version 3"):
         fmt.unpack(_with_crc(bytes(data[:-4])))
+
+
+def test_format_reads_version_1_headers():
+    """Version 1 headers end after the latent shape (no device, no check)."""
+    data = fmt.pack(_header(), [[b"a"]])
+    head_len = data[5]  # 1-byte varint here
+    head = data[6 : 6 + head_len]
+    extra = 1 + len(_header().device) + fmt.DIGEST_BYTES
+    v1 = fmt.MAGIC + bytes([1, head_len - extra]) + head[:-extra]
+    header, strings = fmt.unpack(_with_crc(v1 + data[6 + head_len : -4]))
+    assert header == _header(version=1, device="", recon=b"")
+    assert strings == [[b"a"]]
+    with pytest.raises(fmt.FormatError, match="trailing"):  # v2 fields in a v1 file
+        fmt.unpack(_with_crc(fmt.MAGIC + bytes([1]) + data[5:-4]))
 
 
 def test_format_trailing_bytes_after_crc_fix():

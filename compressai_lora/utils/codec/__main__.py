@@ -2,16 +2,19 @@
 
     python -m compressai_lora.utils.codec encode IMAGE -o FILE [-a ARCH]
         [-q QUALITY | -p CHECKPOINT] [-m METRIC] [adaptation flags] [--cuda]
-        [--recon RECON.png] [--force] [-v]
+        [--recon RECON.png] [--max-pixels N] [--force] [-v]
     python -m compressai_lora.utils.codec decode FILE -o IMAGE.png
-        [-p CHECKPOINT] [--cuda] [--force]
+        [-p CHECKPOINT] [--cuda] [--max-pixels N] [--no-verify] [--force]
     python -m compressai_lora.utils.codec info FILE [--json]
 
 The decoder needs only the file and the same weights: the zoo's pretrained
 weights for the file's architecture, quality and metric, or the checkpoint the
-encoder used (``-p``); it refuses weights whose fingerprint differs.  Every
+encoder used (``-p``); it refuses weights whose fingerprint differs.  The
+encoder decodes what it writes and stores a hash of that image; the decoder
+checks its own output against it (``--no-verify`` skips the check).  Every
 failure exits non-zero with one line on stderr, and no output file is left
-behind or overwritten (unless ``--force``).
+behind or overwritten (unless ``--force``); an output that is one of the
+inputs is refused even with ``--force``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import io
 import json
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -34,6 +38,7 @@ from compressai.zoo.image import model_architectures
 
 from ... import __version__
 from ...adapt.config import AdaptConfig
+from ...latent_strings import check_and_pad
 from ...layers import UPDATE_FORMS
 from ...models import LoRAModelMixin
 from ...zoo import image_models as lora_models
@@ -42,9 +47,17 @@ from ..adapt_args import (
     adaptation_flags_given,
     add_adaptation_args,
 )
-from .format import FORMAT_VERSION, FormatError, Header, pack, unpack
+from .format import (
+    FORMAT_VERSION,
+    FormatError,
+    Header,
+    pack,
+    reconstruction_digest,
+    unpack,
+)
 from .format import weights_fingerprint as fingerprint
 from .image import ImageError, is_png_name, png_writer, read_image
+from .limits import PixelBudgetError, check_pixels
 
 PROG = "compressai-lora"
 DEFAULT_ARCH = "cheng2020-attn-lora"
@@ -80,6 +93,19 @@ def check_output(path: str, force: bool) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise CodecError(f"cannot write {path}: directory {parent} does not exist")
+
+
+def refuse_same_file(output: str, inputs: Sequence[str]) -> None:
+    """Fail if ``output`` is one of ``inputs`` (same real path or inode), which
+    writing it would destroy, whatever ``--force`` says."""
+    for path in inputs:
+        same = os.path.realpath(output) == os.path.realpath(path)
+        if not same and os.path.exists(output) and os.path.exists(path):
+            same = os.path.samefile(output, path)
+        if same:
+            raise CodecError(
+                f"output {output} is the input {path}: refusing to overwrite it"
+            )
 
 
 def write_atomic(path: str, write: Callable[[BinaryIO], None], force: bool) -> None:
@@ -227,17 +253,29 @@ def to_tensor(rgb: np.ndarray, device: str) -> torch.Tensor:
     return x.div_(255)
 
 
+def device_name(device: str) -> str:
+    """The device as the file records it, e.g. "cpu x86_64, torch 2.14.1"."""
+    if device == "cuda":
+        name = f"cuda {torch.cuda.get_device_name()}"
+    else:
+        name = f"cpu {platform.machine()}"
+    return f"{name}, torch {torch.__version__}"
+
+
 def reconstruct(
     model: torch.nn.Module, strings: list, shape: Sequence[int], width: int, height: int
 ) -> np.ndarray:
     """Decode ``strings`` into the ``(height, width, 3)`` uint8 image."""
     ph, pw, top, left = _padded(width, height)
-    if tuple(shape) not in {(ph // d, pw // d) for d in (16, 64)}:
+    factor = model.downsampling_factor
+    if tuple(shape) != (ph // factor, pw // factor):
         raise CodecError(
             f"corrupted file: latent shape {tuple(shape)} does not fit a "
             f"{width}x{height} image"
         )
     try:
+        if not isinstance(model, LoRAModelMixin):  # ours check in decompress
+            strings = check_and_pad(model, strings, shape)
         with torch.no_grad():
             x_hat = model.decompress(strings, list(shape))["x_hat"]
     except ValueError as e:  # the update stream rejects what it cannot parse
@@ -288,16 +326,19 @@ def _lmbda(args: argparse.Namespace, meta: dict, model) -> Optional[float]:
 
 
 def encode(args: argparse.Namespace) -> None:
+    refuse_same_file(args.output, [args.image])
     check_output(args.output, args.force)
     if args.recon:
         if os.path.abspath(args.recon) == os.path.abspath(args.output):
             raise CodecError("--recon and -o name the same file")
+        refuse_same_file(args.recon, [args.image, args.output])
         check_output(args.recon, args.force)
     device = _device(args.cuda)
     rgb = read_image(args.image, _warn)
     height, width = rgb.shape[:2]
     if width > 2**20 or height > 2**20:
         raise CodecError(f"image {width}x{height} is too large (max side 2**20)")
+    check_pixels(width, height, args.max_pixels, None, encode=True)
 
     lora = args.architecture in lora_models
     quality = None if args.path else (args.quality or DEFAULT_QUALITY)
@@ -318,6 +359,8 @@ def encode(args: argparse.Namespace) -> None:
     )
     if args.path and args.metric is None and meta.get("metric") in ("mse", "ms-ssim"):
         metric = meta["metric"]
+    adapting = lora and cfg.enabled
+    check_pixels(width, height, args.max_pixels, getattr(model, "N", None), adapting)
     bar = None
     if lora:
         lmbda = _lmbda(args, meta, model)
@@ -334,9 +377,11 @@ def encode(args: argparse.Namespace) -> None:
 
     weights = fingerprint(model.state_dict())  # what the decoder must load
     x = to_tensor(rgb, device)
+    pad, _ = compute_padding(height, width, min_div=MIN_DIV)
+    padding = model.input_padding(pad) if lora else nullcontext()
     start = time.perf_counter()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), padding:
             out = model.compress(x)
     finally:
         if bar is not None:
@@ -345,6 +390,8 @@ def encode(args: argparse.Namespace) -> None:
     del x
     strings = [list(group) for group in out["strings"]]
     shape = tuple(int(d) for d in out["shape"])
+    # the decoder checks its output against the image decoded here
+    recon = reconstruct(model, strings, shape, width, height)
     header = Header(
         arch=args.architecture,
         metric=metric,
@@ -357,11 +404,11 @@ def encode(args: argparse.Namespace) -> None:
         height=height,
         shape=shape,
         cuda=device == "cuda",
+        device=device_name(device),
+        recon=reconstruction_digest(recon),
     )
     data = pack(header, strings)
-    recon = None
     if args.recon:
-        recon = reconstruct(model, strings, shape, width, height)
         write_atomic(args.recon, png_writer(recon), args.force)
     write_atomic(args.output, lambda f: f.write(data), args.force)
 
@@ -375,18 +422,20 @@ def encode(args: argparse.Namespace) -> None:
         stats = getattr(model, "last_adaptation", None) or {}
         if "choice" in stats:
             parts.append(f"sent {stats['choice']}")
-    if recon is not None:
+    if args.recon:
         parts.append(f"PSNR {psnr(rgb, recon):.2f} dB (recon {args.recon})")
     parts.append(f"{enc_time:.2f} s")
     print(", ".join(parts))
 
 
 def decode(args: argparse.Namespace) -> None:
+    refuse_same_file(args.output, [args.file] + ([args.path] if args.path else []))
     check_output(args.output, args.force)
     if not is_png_name(args.output):
         _warn(f"{args.output} is written as PNG whatever its extension")
     device = _device(args.cuda)
     header, strings = unpack(read_bytes(args.file))
+    check_pixels(header.width, header.height, args.max_pixels, None, encode=False)
     if header.arch not in image_models:
         raise CodecError(
             f"{args.file} needs architecture {header.arch!r}, unknown here"
@@ -418,14 +467,26 @@ def decode(args: argparse.Namespace) -> None:
             f"{header.weights_label!r} (fingerprint {header.weights.hex()}), "
             f"these are {label!r} ({got.hex()})"
         )
-    if header.cuda != (device == "cuda"):
-        _warn(
-            f"{args.file} was encoded on {'CUDA' if header.cuda else 'CPU'}; "
-            "decoding on another device may not reproduce it exactly"
-        )
+    n = getattr(model, "N", None)
+    check_pixels(header.width, header.height, args.max_pixels, n, encode=False)
     rgb = reconstruct(model, strings, header.shape, header.width, header.height)
+    verify(args, header, rgb, device)
     write_atomic(args.output, png_writer(rgb), args.force)
     print(f"{args.file} -> {args.output}: {header.width}x{header.height}")
+
+
+def verify(args: argparse.Namespace, header: Header, rgb: np.ndarray, device: str):
+    """Compare the decoded image with the encoder's (format version 2)."""
+    if header.version < 2:
+        _warn(f"{args.file} is a format version 1 file: it has no reconstruction check")
+        return
+    if args.no_verify or reconstruction_digest(rgb) == header.recon:
+        return
+    raise CodecError(
+        f"{args.file}: the decoded image does not match the encoder's (encoded on "
+        f"{header.device}, decoded on {device_name(device)}): the file is corrupted "
+        "or this decoder computes differently; --no-verify writes it anyway"
+    )
 
 
 def describe(path: str, data: bytes) -> dict[str, Any]:
@@ -439,7 +500,7 @@ def describe(path: str, data: bytes) -> dict[str, Any]:
     return {
         "file": path,
         "bytes": len(data),
-        "format_version": FORMAT_VERSION,
+        "format_version": header.version,
         "architecture": header.arch,
         "weights": header.weights_label,
         "quality": header.quality or None,
@@ -452,6 +513,8 @@ def describe(path: str, data: bytes) -> dict[str, Any]:
         "padded": [pw, ph],
         "latent_shape": list(header.shape),
         "device": "cuda" if header.cuda else "cpu",
+        "device_name": header.device or None,
+        "reconstruction_check": header.recon.hex() or None,
         "latent_bytes": [sum(len(s) for s in group) for group in latent],
         "update_bytes": len(strings[-1][0]) if lora and strings[-1] else None,
         "bpp": len(data) * 8 / pixels,
@@ -471,16 +534,20 @@ def info(args: argparse.Namespace) -> None:
     if d["rank"]:
         update = d["update_bytes"]
         adapters = f"rank {d['rank']}, form {d['form']}; update {_nbytes(update)}"
-        adapters += " (none sent)" if update == 1 else ""
+        adapters += " (none sent)" if update == 0 or update == 1 else ""
     else:
         adapters = "none (base architecture)"
     rows = [
-        ("file", f"{d['file']} ({d['bytes']} bytes, format version 1)"),
+        ("file", f"{d['file']} ({d['bytes']} bytes, format version "
+                 f"{d['format_version']})"),
         ("architecture", d["architecture"]),
         ("weights", f"{weights} (fingerprint {d['fingerprint']})"),
         ("adapters", adapters),
         ("image", f"{d['width']}x{d['height']} (coded as {d['padded'][0]}x"
-                  f"{d['padded'][1]}), encoded on {d['device']}"),
+                  f"{d['padded'][1]}), encoded on "
+                  f"{d['device_name'] or d['device']}"),
+        ("check", f"reconstruction {d['reconstruction_check']}"
+                  if d["reconstruction_check"] else "none (format version 1)"),
         ("latents", f"shape {'x'.join(map(str, d['latent_shape']))}, "
                     f"strings {d['latent_bytes']} bytes"),
         ("bpp", f"{d['bpp']:.4f} (file), {d['bpp_strings']:.4f} (strings)"),
@@ -530,6 +597,7 @@ def setup_args() -> argparse.ArgumentParser:
         "--recon", metavar="PNG", help="also write the encoder's reconstruction"
     )
     enc.add_argument("--cuda", action="store_true", help="run on the GPU")
+    _max_pixels_arg(enc)
     enc.add_argument("--force", action="store_true", help="overwrite outputs")
     enc.add_argument("-v", "--verbose", action="store_true", help="progress bar")
     add_adaptation_args(enc)
@@ -540,6 +608,13 @@ def setup_args() -> argparse.ArgumentParser:
     dec.add_argument("-o", "--output", required=True, help="PNG image to write")
     dec.add_argument("-p", "--path", help="checkpoint the file was encoded with")
     dec.add_argument("--cuda", action="store_true", help="run on the GPU")
+    _max_pixels_arg(dec)
+    dec.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="write the image even if it differs from the encoder's "
+        "reconstruction (accept drift between devices)",
+    )
     dec.add_argument("--force", action="store_true", help="overwrite the output")
     dec.set_defaults(func=decode)
 
@@ -548,6 +623,25 @@ def setup_args() -> argparse.ArgumentParser:
     inf.add_argument("--json", action="store_true", help="print JSON")
     inf.set_defaults(func=info)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _max_pixels_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        metavar="N",
+        help="refuse images with more pixels (default: what fits in free memory)",
+    )
 
 
 def _fail(msg: str, code: int = 1) -> None:
@@ -559,7 +653,7 @@ def main(argv: Sequence[str]) -> None:
     args = setup_args().parse_args(argv)
     try:
         args.func(args)
-    except (CodecError, ImageError) as e:
+    except (CodecError, ImageError, PixelBudgetError) as e:
         _fail(str(e))
     except FormatError as e:
         _fail(f"{getattr(args, 'file', '')}: {e}")

@@ -1,10 +1,10 @@
-"""The compressed-file format of ``compressai-lora encode`` (version 1).
+"""The compressed-file format of ``compressai-lora encode`` (version 2).
 
 Layout, every variable-size field length-framed (``varint``: unsigned LEB128,
 at most 5 bytes; ``str8``: 1-byte length + ASCII)::
 
     4 bytes   magic b"CALR"
-    1 byte    format version (1)
+    1 byte    format version (2; version 1 files are still read)
     varint    header length H, then H bytes of header:
                 str8    architecture (zoo name, e.g. "cheng2020-attn-lora")
                 str8    metric ("mse" or "ms-ssim")
@@ -17,10 +17,19 @@ at most 5 bytes; ``str8``: 1-byte length + ASCII)::
                 1 byte  flags (bit 0: encoded on CUDA)
                 1 byte  number of latent dimensions D, then D varints
                         (the ``shape`` passed to ``decompress``)
+                -- version 2 only --
+                str8    the encoder's device (e.g. "cpu x86_64, torch 2.14.1")
+                8 bytes reconstruction check: SHA-256 prefix of the image the
+                        encoder decoded from these strings
+                        (:func:`reconstruction_digest`)
     varint    number of string groups G, then per group:
                 varint  number of strings S, then per string:
                   varint length, bytes
     4 bytes   CRC-32 (zlib, big-endian) of every byte before it
+
+The reconstruction check lets the decoder verify its own output: a payload
+changed behind a valid CRC, or a decoder whose float results differ from the
+encoder's (another device or platform), gives another image and is caught.
 
 The string groups are ``compress()["strings"]`` as the model returned them:
 the host's latent strings and, for ``-lora`` models, the update stream as the
@@ -38,6 +47,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 
 from ...update_stream import encode_varint
@@ -48,12 +58,16 @@ __all__ = [
     "FormatError",
     "Header",
     "pack",
+    "reconstruction_digest",
     "unpack",
     "weights_fingerprint",
 ]
 
 MAGIC = b"CALR"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: versions this reader parses (version 1 has no device and no check)
+READ_VERSIONS = (1, 2)
+DIGEST_BYTES = 8
 FLAG_CUDA = 0x01
 MAX_SIDE = 1 << 20
 _MIN_SIZE = len(MAGIC) + 1 + 1 + 1 + 4  # magic, version, header len, G, CRC
@@ -79,6 +93,10 @@ class Header:
         height: original image height
         shape: latent shape given to ``decompress``
         cuda: encoded on a CUDA device
+        device: the encoder's device, for messages ("" in version 1 files)
+        recon: reconstruction check (:func:`reconstruction_digest`; empty
+            in version 1 files)
+        version: format version of the file the header came from
     """
 
     arch: str
@@ -92,6 +110,9 @@ class Header:
     height: int
     shape: tuple[int, ...]
     cuda: bool = False
+    device: str = ""
+    recon: bytes = b""
+    version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
         if not 0 <= self.quality <= 255 or not 0 <= self.rank <= 255:
@@ -106,6 +127,13 @@ class Header:
             1 <= d <= MAX_SIDE for d in self.shape
         ):
             raise FormatError(f"invalid latent shape {self.shape}")
+        if self.version not in READ_VERSIONS:
+            raise FormatError(f"unknown format version {self.version}")
+        if len(self.recon) != (DIGEST_BYTES if self.version >= 2 else 0):
+            raise FormatError(
+                f"a version {self.version} header needs a reconstruction check of "
+                f"{DIGEST_BYTES if self.version >= 2 else 0} bytes"
+            )
 
 
 # -- writing ---------------------------------------------------------------
@@ -121,6 +149,8 @@ def _str8(s: str) -> bytes:
 
 
 def _header_bytes(h: Header) -> bytes:
+    if h.version != FORMAT_VERSION:
+        raise FormatError(f"this writer makes version {FORMAT_VERSION} files only")
     return b"".join(
         [
             _str8(h.arch),
@@ -135,6 +165,8 @@ def _header_bytes(h: Header) -> bytes:
             bytes([FLAG_CUDA if h.cuda else 0]),
             bytes([len(h.shape)]),
             *(_varint(int(d)) for d in h.shape),
+            _str8(h.device),
+            h.recon,
         ]
     )
 
@@ -195,7 +227,7 @@ class _Reader:
             raise FormatError(f"corrupted {self.what}: {left} trailing byte(s)")
 
 
-def _parse_header(data: bytes) -> Header:
+def _parse_header(data: bytes, version: int) -> Header:
     r = _Reader(data, "header")
     arch = r.str8("architecture")
     metric = r.str8("metric")
@@ -210,6 +242,10 @@ def _parse_header(data: bytes) -> Header:
     if flags & ~FLAG_CUDA:
         raise FormatError(f"corrupted header: unknown flags {flags:#04x}")
     shape = tuple(r.varint("latent shape") for _ in range(r.byte("latent rank")))
+    device, recon = "", b""
+    if version >= 2:
+        device = r.str8("device")
+        recon = r.take(DIGEST_BYTES, "reconstruction check")
     r.end()
     return Header(
         arch=arch,
@@ -223,6 +259,9 @@ def _parse_header(data: bytes) -> Header:
         height=height,
         shape=shape,
         cuda=bool(flags & FLAG_CUDA),
+        device=device,
+        recon=recon,
+        version=version,
     )
 
 
@@ -236,10 +275,10 @@ def unpack(data: bytes) -> tuple[Header, list[list[bytes]]]:
     if len(data) < _MIN_SIZE:
         raise FormatError(f"file is truncated ({len(data)} bytes)")
     version = data[len(MAGIC)]
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise FormatError(
-            f"file has format version {version}, this decoder reads version "
-            f"{FORMAT_VERSION}"
+            f"file has format version {version}, this decoder reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))}"
         )
     body, crc = data[:-4], int.from_bytes(data[-4:], "big")
     if zlib.crc32(body) != crc:
@@ -247,7 +286,7 @@ def unpack(data: bytes) -> tuple[Header, list[list[bytes]]]:
     r = _Reader(body, "file")
     r.take(len(MAGIC) + 1, "magic and version")
     try:
-        header = _parse_header(r.take(r.varint("header length"), "header"))
+        header = _parse_header(r.take(r.varint("header length"), "header"), version)
     except FormatError as e:
         raise FormatError(f"corrupted file: {e}") from None
     strings: list[list[bytes]] = []
@@ -258,6 +297,15 @@ def unpack(data: bytes) -> tuple[Header, list[list[bytes]]]:
         strings.append(group)
     r.end()
     return header, strings
+
+
+def reconstruction_digest(rgb: np.ndarray) -> bytes:
+    """First 8 bytes of SHA-256 over the size and pixels of a uint8 image."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3:
+        raise ValueError("the reconstruction check needs an HxWxC uint8 image")
+    h = hashlib.sha256(f"{rgb.shape}|".encode())
+    h.update(np.ascontiguousarray(rgb).tobytes())
+    return h.digest()[:DIGEST_BYTES]
 
 
 def weights_fingerprint(state_dict: Mapping[str, torch.Tensor]) -> bytes:
