@@ -7,6 +7,10 @@ and the others) into CompressAI's model registry and zoo.
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 
+from ._interrupt import quiet_interrupts_when_run_as_tool
+
+quiet_interrupts_when_run_as_tool()  # before the seconds of importing torch
+
 # compressai imports torch_geometric, which warns about torch.jit.script on every
 # import under torch 2.14; it is not ours to fix and drowns our tools' stderr.
 with warnings.catch_warnings():

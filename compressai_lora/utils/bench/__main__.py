@@ -42,6 +42,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ..paths import os_error_line, output_dir_problem
+
 __all__ = [
     "DOMAINS",
     "METHODS",
@@ -777,6 +779,9 @@ def _run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
             file=sys.stderr,
         )
     domains = list(dict.fromkeys(args.domains))
+    problem = output_dir_problem(args.output)
+    if problem:
+        raise BenchError(problem)
     args.output.mkdir(parents=True, exist_ok=True)
     subset = plan_subset(args, domains)
     manifest = {
@@ -865,6 +870,9 @@ def main(argv: list[str]) -> None:
         results = _run(args, argv)
     except BenchError as err:
         print(f"Error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OSError as err:  # a path problem met on the way
+        print(f"Error: {os_error_line(err)}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         print(

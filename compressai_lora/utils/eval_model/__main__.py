@@ -46,6 +46,7 @@ from compressai_lora.utils.adapt_args import (
     add_adaptation_args,
 )
 
+from ..paths import file_problem, os_error_line, output_dir_problem
 from . import CLIError
 from .compare import add_base, bd_rates, write_base_outputs
 from .evaluate import Job, StepBar, evaluate_run
@@ -102,7 +103,38 @@ def _check_inputs(args: argparse.Namespace, arch: str) -> list[Path]:
     return filepaths
 
 
-def _run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: C901
+def _output_paths(
+    args: argparse.Namespace, arch: str, base_arch: Optional[str]
+) -> tuple[Optional[Path], Optional[Path]]:
+    """The host's output JSON path (``-d``/``-o``) and, with --compare-base,
+    the base curve's; (None, None) without ``-d``."""
+    if not args.output_directory:
+        return None, None
+    description = (
+        "entropy estimation" if args.entropy_estimation else args.entropy_coder
+    )
+    output_file = args.output_file if args.output_file else f"{arch}-{description}"
+    json_path = Path(f"{args.output_directory}/{output_file}").with_suffix(".json")
+    base_path = None
+    if args.compare_base:
+        if args.output_file:
+            base_path = json_path.with_name(f"{json_path.stem}-base.json")
+        else:
+            base_path = Path(
+                f"{args.output_directory}/{base_arch}-{description}"
+            ).with_suffix(".json")
+    return json_path, base_path
+
+
+def _check_writable(directory: str, files: list[Optional[Path]]) -> None:
+    """Fail before any work if the outputs cannot be written."""
+    for problem in [output_dir_problem(directory)] + [file_problem(f) for f in files]:
+        if problem:
+            raise CLIError(problem)
+
+
+def _run(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[[], None]]:  # noqa: C901
+    """Evaluate; returns the JSON and a function that writes the output files."""
     arch = args.architecture
     is_lora = arch.endswith(_LORA)
     is_vbr_model = arch.endswith("-vbr")
@@ -119,8 +151,9 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: C901
         "entropy-estimation" if args.entropy_estimation else args.entropy_coder
     )
     compressai.set_entropy_coder(args.entropy_coder)
+    json_path, base_path = _output_paths(args, arch, base_arch)
     if args.output_directory:
-        Path(args.output_directory).mkdir(parents=True, exist_ok=True)
+        _check_writable(args.output_directory, [json_path, base_path])
     cuda = args.cuda and torch.cuda.is_available()
 
     if args.source == "pretrained":
@@ -263,19 +296,20 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: C901
                 file=sys.stderr,
             )
 
-    if args.output_directory:
-        output_file = args.output_file if args.output_file else f"{arch}-{description}"
-        json_path = Path(f"{args.output_directory}/{output_file}").with_suffix(".json")
-        write_json(json_path, output)
-        if args.compare_base:
-            if args.output_file:
-                base_path = json_path.with_name(f"{json_path.stem}-base.json")
-            else:
-                base_path = Path(
-                    f"{args.output_directory}/{base_arch}-{description}"
-                ).with_suffix(".json")
-            write_base_outputs(json_path, base_path, output, base_rows)
-    return output
+    def write_outputs() -> None:
+        if json_path is None:
+            return
+        try:
+            write_json(json_path, output)
+            if base_path is not None:
+                write_base_outputs(json_path, base_path, output, base_rows)
+        except OSError as err:
+            raise CLIError(
+                f"cannot write {err.filename or json_path}: {err.strerror or err} "
+                "(the results are on stdout)"
+            ) from None
+
+    return output, write_outputs
 
 
 def main(argv: list[str]) -> None:
@@ -289,9 +323,15 @@ def main(argv: list[str]) -> None:
 
     try:
         with small_image_metrics():
-            output = _run(args)
+            output, write_outputs = _run(args)
+        # stdout first: a failed file write never loses a finished evaluation
+        print(json.dumps(output, indent=2), flush=True)
+        write_outputs()
     except CLIError as err:
         print(f"Error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OSError as err:  # a path problem met on the way
+        print(f"Error: {os_error_line(err)}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         print(
@@ -300,8 +340,6 @@ def main(argv: list[str]) -> None:
             file=sys.stderr,
         )
         raise SystemExit(130) from None
-
-    print(json.dumps(output, indent=2))
 
 
 if __name__ == "__main__":

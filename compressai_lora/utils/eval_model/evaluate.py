@@ -16,6 +16,7 @@ from compressai.utils.eval_model import __main__ as host
 from torch import Tensor
 from tqdm import tqdm
 
+from . import CLIError
 from .images import PaddedForward, read_image
 from .results import (
     adaptation_results,
@@ -151,7 +152,13 @@ def evaluate_run(
                     if job.settings is not None:
                         output["settings"] = job.settings
                         output["adaptation"] = jsonable(stats)
-                    write_json(path, output)
+                    try:
+                        write_json(path, output)
+                    except OSError as err:
+                        raise CLIError(
+                            f"cannot write per-image results {path}: "
+                            f"{err.strerror or err}"
+                        ) from None
             job.per_image.append(rv)
             if stats.get("choice") is not None:
                 job.choices[str(stats["choice"])] += 1

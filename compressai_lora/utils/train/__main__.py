@@ -66,6 +66,7 @@ from ...checkpoint import (
     to_float32,
 )
 from ...zoo import model_architectures as lora_architectures
+from ..paths import os_error_line, output_dir_problem
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 #: documented default: the shared training photos next to the source checkout
@@ -488,6 +489,9 @@ class Trainer:
         self.ckpt_path = out / f"{name}.pth.tar"
         self.json_path = out / f"{name}.json"
         self.state_path = out / f"{name}{STATE_SUFFIX}"
+        problem = output_dir_problem(out)
+        if problem:
+            raise TrainError(problem)
 
         state = self._find_state()  # before the slow parts: fail early
         self.bank = ImageBank(
@@ -811,6 +815,8 @@ def main(argv: Sequence[str]) -> Optional[dict[str, Any]]:
             info = Trainer(args).run()
     except TrainError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
+    except OSError as e:  # a path problem met on the way
+        parser.exit(2, f"{parser.prog}: error: {os_error_line(e)}\n")
     except KeyboardInterrupt:
         parser.exit(130, "interrupted\n")
     print(json.dumps(info, indent=2))
