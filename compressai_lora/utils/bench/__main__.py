@@ -772,6 +772,9 @@ def plot_domain(path: Path, name: str, d: dict[str, Any]) -> None:
 def _run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
     if not args.architecture.endswith(_LORA):
         raise BenchError(f"need a -lora architecture, not {args.architecture}")
+    problem = output_dir_problem(args.output)
+    if problem:
+        raise BenchError(problem)
     weights = _weights(args)
     if len(weights) < 4:
         print(
@@ -779,9 +782,6 @@ def _run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
             file=sys.stderr,
         )
     domains = list(dict.fromkeys(args.domains))
-    problem = output_dir_problem(args.output)
-    if problem:
-        raise BenchError(problem)
     args.output.mkdir(parents=True, exist_ok=True)
     subset = plan_subset(args, domains)
     manifest = {
