@@ -82,6 +82,10 @@ class LoRAModelMixin:
         self.default_lmbda: Optional[float] = None
         #: statistics of the last ``compress()`` call (choice, bits, times...)
         self.last_adaptation: dict[str, Any] = {}
+        #: what ``decompress`` gives for the last adapted ``compress()``
+        #: (decoded from the real strings while choosing them; None when the
+        #: last call did not adapt)
+        self.last_reconstruction: Optional[Tensor] = None
         self._input_padding: tuple[int, int, int, int] = (0, 0, 0, 0)
 
     @property
@@ -241,6 +245,7 @@ class LoRAModelMixin:
         finally:
             self._restore_adapter_state(state)
         self.last_adaptation = stats
+        self.last_reconstruction = best.x_hat
         return best
 
     def compress(self, x: Tensor) -> dict[str, Any]:
@@ -253,6 +258,7 @@ class LoRAModelMixin:
             out = super().compress(x)
             out["strings"].append([self.encode_update()])
             self.last_adaptation = {"choice": "disabled"}
+            self.last_reconstruction = None
             return out
         best = self._adapt(x)
         return {"strings": best.strings + [[best.update]], "shape": best.shape}

@@ -266,7 +266,7 @@ def reconstruct(
     model: torch.nn.Module, strings: list, shape: Sequence[int], width: int, height: int
 ) -> np.ndarray:
     """Decode ``strings`` into the ``(height, width, 3)`` uint8 image."""
-    ph, pw, top, left = _padded(width, height)
+    ph, pw, _, _ = _padded(width, height)
     factor = model.downsampling_factor
     if tuple(shape) != (ph // factor, pw // factor):
         raise CodecError(
@@ -285,8 +285,14 @@ def reconstruct(
             f"corrupted file: decoded size {tuple(x_hat.shape[-2:])}, "
             f"expected {(ph, pw)}"
         )
+    return to_uint8(x_hat, width, height)
+
+
+def to_uint8(x_hat: torch.Tensor, width: int, height: int) -> np.ndarray:
+    """The ``(height, width, 3)`` uint8 image inside a padded decoder output."""
+    _, _, top, left = _padded(width, height)
     x_hat = x_hat[0, :, top : top + height, left : left + width]
-    x_hat = x_hat.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+    x_hat = x_hat.clamp(0, 1).mul_(255).round_().to(torch.uint8)
     return x_hat.permute(1, 2, 0).cpu().numpy()
 
 
@@ -390,8 +396,14 @@ def encode(args: argparse.Namespace) -> None:
     del x
     strings = [list(group) for group in out["strings"]]
     shape = tuple(int(d) for d in out["shape"])
-    # the decoder checks its output against the image decoded here
-    recon = reconstruct(model, strings, shape, width, height)
+    # the decoder checks its output against the image decoded here: the one
+    # the adaptation decoded from these strings, or a decode of them now
+    x_hat = getattr(model, "last_reconstruction", None) if lora else None
+    if x_hat is not None:
+        recon = to_uint8(x_hat, width, height)
+        model.last_reconstruction = None
+    else:
+        recon = reconstruct(model, strings, shape, width, height)
     header = Header(
         arch=args.architecture,
         metric=metric,
