@@ -432,7 +432,9 @@ def encode(args: argparse.Namespace) -> None:
     if lora:
         parts.append(f"update {_nbytes(len(strings[-1][0]))}")
         stats = getattr(model, "last_adaptation", None) or {}
-        if "choice" in stats:
+        if stats.get("choice") == "disabled":
+            parts.append("adaptation off")
+        elif "choice" in stats:
             parts.append(f"sent {stats['choice']}")
     if args.recon:
         parts.append(f"PSNR {psnr(rgb, recon):.2f} dB (recon {args.recon})")
