@@ -131,6 +131,32 @@ def test_non_finite_optimization_falls_back():
     stats = lora.last_adaptation
     assert torch.isfinite(x_hat).all()
     assert stats["J"][stats["choice"]] <= stats["J"]["base"]
+    # where and why each phase stopped is recorded
+    assert [d["phase"] for d in stats["diverged"]] == ["refine", "adapt"]
+    assert all(d["step"] >= 1 and d["reason"] for d in stats["diverged"])
+
+
+def test_caller_padding_is_left_out_of_the_cost():
+    """With ``input_padding``, bpp and distortion are the image's own pixels."""
+    from compressai.ops import compute_padding
+    from torch.nn.functional import pad
+
+    _, lora = small_pair("mbt2018-mean-lora", n=8)
+    lora.adapt_config = AdaptConfig(**{**FAST, "refine_steps": 3, "adapt_steps": 3})
+    x = pixel_art(40, 50, block=5)
+    p, _ = compute_padding(40, 50, min_div=64)
+    xp = pad(x, p, mode="constant", value=0)
+    with torch.no_grad(), lora.input_padding(p):
+        out = lora.compress(xp)
+        x_hat = lora.decompress(out["strings"], out["shape"])["x_hat"]
+    stats = lora.last_adaptation
+    n_bytes = sum(len(s[0]) for s in out["strings"])
+    assert stats["bpp"][stats["choice"]] == pytest.approx(8 * n_bytes / (40 * 50))
+    left, _, top, _ = p
+    crop = x_hat[..., top : top + 40, left : left + 50]
+    mse = ((crop * 255).round() - x * 255).pow(2).mean().item()
+    assert stats["dist"][stats["choice"]] == pytest.approx(mse, rel=1e-5, abs=1e-6)
+    assert lora._input_padding == (0, 0, 0, 0)  # only inside the block
 
 
 @pytest.mark.parametrize("name", ["bmshj2018-factorized-lora", "mbt2018-lora"])
