@@ -1,0 +1,213 @@
+"""Real RD cost against encoder steps: does more encoder time give a better file?
+
+For every image of a set and every schedule (``fast``, ``default``, 300+300,
+1000+1000, ``paper`` by default), encode with a ``-lora`` model, decode for
+real and report ``J = bpp + lambda * 255^2 * MSE`` (bytes from the range
+coder, distortion from the decoder's 8-bit output), its change against the
+base codec, what was sent and the encoding time.  Each (code, image,
+schedule) job runs in its own process; ``--code`` adds another checkout (for
+example today's main) so that both are measured in the same run.  Results are
+cached per job in ``--out`` (rerun to resume).
+
+    python benchmarks/steps_curve.py --dev-set --out steps-out \\
+        --checkpoint ../shared/weights/cheng2020-attn-N64-q3.pth.tar --jobs 2
+    python benchmarks/steps_curve.py --images a.png b.png --schedules fast 300+300 \\
+        --code main=/path/to/main/checkout --out steps-out
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+#: schedule name -> (preset, overrides)
+SCHEDULES = {
+    "fast": ("fast", {}),
+    "default": ("default", {}),
+    "300+300": ("paper", {"refine_steps": 300, "adapt_steps": 300}),
+    "1000+1000": ("paper", {"refine_steps": 1000, "adapt_steps": 1000}),
+    "paper": ("paper", {}),
+}
+OOD = ("pixel", "screen", "line", "vector", "painting", "comic")
+
+_CHILD = r"""
+import json, sys, time
+import numpy as np, torch
+args = json.loads(sys.argv[1])
+torch.set_num_threads(args["threads"])
+from PIL import Image
+from compressai.ops import compute_padding
+import compressai_lora
+from compressai_lora.adapt import AdaptConfig
+from compressai_lora.utils.codec.__main__ import build_model
+model, _, _ = build_model("cheng2020-attn-lora", quality=None, metric="mse",
+    checkpoint=args["checkpoint"], rank=2, form="separable", device="cpu")
+rgb = np.asarray(Image.open(args["image"]).convert("RGB"))
+h, w = rgb.shape[:2]
+x = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255
+pad, _ = compute_padding(h, w, min_div=64)
+xp = torch.nn.functional.pad(x, pad, value=0)
+left, _, top, _ = pad
+
+def code(cfg):
+    model.adapt_config = cfg
+    padding = getattr(model, "input_padding", None)
+    start = time.perf_counter()
+    with torch.no_grad():
+        if padding:
+            with padding(pad):
+                out = model.compress(xp)
+        else:
+            out = model.compress(xp)
+        seconds = time.perf_counter() - start
+        x_hat = model.decompress(out["strings"], out["shape"])["x_hat"]
+    rec = (x_hat[0, :, top:top + h, left:left + w].clamp(0, 1) * 255).round()
+    mse = float(((rec - x[0] * 255).double() ** 2).mean())
+    n = sum(len(s[0]) for s in out["strings"])
+    bpp = 8 * n / (h * w)
+    stats = dict(model.last_adaptation)
+    return {"bpp": bpp, "psnr": 10 * np.log10(255**2 / max(mse, 1e-10)),
+            "J": bpp + args["lmbda"] * mse, "seconds": seconds,
+            "choice": stats.get("choice"), "update_bytes": len(out["strings"][-1][0]),
+            "open_gates": len(stats.get("open_gates") or [])}
+
+base = code(AdaptConfig(enabled=False, lmbda=args["lmbda"]))
+cfg = AdaptConfig.preset(args["preset"], lmbda=args["lmbda"], seed=args["seed"],
+                         threads=args["threads"], **args["overrides"])
+print(json.dumps({"base": base, **code(cfg)}))
+"""
+
+
+def dev_set(data: Path, out: Path) -> list[Path]:
+    """First 2 sorted images of each out-of-domain domain and of Kodak, 256 px
+    centre crops (the bench's subset rule), written to ``out``."""
+    sys.path.insert(0, str(ROOT))
+    from compressai_lora.utils.bench.__main__ import plan_subset, write_subset
+
+    ns = argparse.Namespace(full=False, images_per_domain=2, crop=256, data=data)
+    subset = plan_subset(ns, ("kodak", *OOD))
+    write_subset(data, out, subset)
+    return [out / d / e["image"] for d, entries in subset.items() for e in entries]
+
+
+def run_job(code: Path, job: dict, cache: Path) -> dict:
+    if cache.exists():
+        return json.loads(cache.read_text())
+    env = dict(os.environ, PYTHONPATH=str(code))
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps(job)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=str(code),
+    )
+    if proc.returncode:
+        raise SystemExit(f"job failed: {job}\n{proc.stderr[-2000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, cache)
+    return result
+
+
+def table(results: dict, images: list[Path], schedules: list[str], codes) -> str:
+    lines = []
+    for label in codes:
+        lines.append(f"\n### {label}: J vs base (%), seconds; * = no update sent\n")
+        lines.append("| image | base J | " + " | ".join(schedules) + " |")
+        lines.append("|---|---|" + "---|" * len(schedules))
+        for img in images:
+            row = [f"{img.parent.name}/{img.stem}"]
+            cells = [results[(label, img, s)] for s in schedules]
+            row.append(f"{cells[0]['base']['J']:.4f}")
+            for c in cells:
+                mark = "" if c["choice"] == "update" else "*"
+                rel = 100 * (c["J"] / c["base"]["J"] - 1)
+                row.append(f"{rel:+.1f}%{mark} {c['seconds']:.0f}s")
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", nargs="*", type=Path, default=[])
+    p.add_argument("--dev-set", action="store_true", help="the shared dev set")
+    p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--schedules", nargs="+", default=list(SCHEDULES))
+    p.add_argument(
+        "--checkpoint",
+        default=str(DATA.parent / "weights/cheng2020-attn-N64-q3.pth.tar"),
+    )
+    p.add_argument("--lmbda", type=float, default=0.0067)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--jobs", type=int, default=1, help="processes at a time")
+    p.add_argument(
+        "--code",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="another checkout to measure in the same run",
+    )
+    p.add_argument("--skip-this", action="store_true", help="only the --code ones")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    unknown = [s for s in args.schedules if s not in SCHEDULES]
+    if unknown:
+        p.error(f"unknown schedules {unknown}; choose from {list(SCHEDULES)}")
+    images = list(args.images)
+    if args.dev_set:
+        images += dev_set(args.data, args.out / "images")
+    if not images:
+        p.error("give --images or --dev-set")
+    codes = {} if args.skip_this else {"this": ROOT}
+    for item in args.code:
+        label, _, path = item.partition("=")
+        codes[label] = Path(path).resolve()
+    jobs = []
+    for label, code in codes.items():
+        for img in images:
+            for s in args.schedules:
+                preset, overrides = SCHEDULES[s]
+                job = {
+                    "image": str(img.resolve()),
+                    "checkpoint": args.checkpoint,
+                    "lmbda": args.lmbda,
+                    "seed": args.seed,
+                    "threads": args.threads,
+                    "preset": preset,
+                    "overrides": overrides,
+                }
+                cache = (
+                    args.out / "jobs" / label / f"{img.parent.name}-{img.stem}-{s}.json"
+                )
+                jobs.append(((label, img, s), code, job, cache))
+    # interleave the codes so that both see the same machine load
+    jobs.sort(key=lambda j: (args.schedules.index(j[0][2]), str(j[0][1]), j[0][0]))
+    with ThreadPoolExecutor(args.jobs) as pool:
+        done = list(pool.map(lambda j: run_job(*j[1:]), jobs))
+    results = {j[0]: r for j, r in zip(jobs, done)}
+    text = table(results, images, args.schedules, codes)
+    (args.out / "steps_curve.md").write_text(text)
+    (args.out / "steps_curve.json").write_text(
+        json.dumps(
+            [
+                {"code": k[0], "image": str(k[1]), "schedule": k[2], **v}
+                for k, v in results.items()
+            ],
+            indent=1,
+        )
+    )
+    print(text)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
