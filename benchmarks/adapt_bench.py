@@ -28,13 +28,9 @@ from torchvision.transforms.functional import to_tensor
 
 import compressai_lora  # noqa: F401  (registers the -lora models)
 from compressai_lora.adapt import AdaptConfig
-from compressai_lora.adapt.engine import (
-    _split_g_s,
-    distortion,
-    frozen,
-    rate_bpp,
-    torch_threads,
-)
+from compressai_lora.adapt.engine import frozen, torch_threads
+from compressai_lora.adapt.objective import distortion, rate_bpp
+from compressai_lora.adapt.update import first_adapted_block
 from compressai_lora.adapt.latents import analyse, latent_terms
 from compressai_lora.checkpoint import load_meta, load_state_dict
 from compressai_lora.zoo import model_architectures
@@ -65,7 +61,7 @@ def step_speed(
         f = {k: v.requires_grad_(True) for k, v in m.initial_factors().items()}
         factors[name] = f
     opt = torch.optim.Adam([t for f in factors.values() for t in f.values()], lr=1e-3)
-    split = _split_g_s(model, open_gates)
+    split = first_adapted_block(model, open_gates)
     with torch.no_grad():
         feat = model.g_s[:split](y_hat)
     h, w = x.shape[-2:]

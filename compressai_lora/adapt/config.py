@@ -38,8 +38,8 @@ class AdaptConfig:
         adapt_steps: decoder-update steps (0 skips phase 2)
         refine_lr: Adam learning rate of the latents
         adapt_lr: Adam learning rate of the low-rank factors
-        gate_lr: Adam learning rate of the gate networks
-        gate_steps: phase-2 steps during which gates train (then frozen)
+        gate_steps: phase-2 warm-up steps with every layer open; then each
+            layer stays open only if its coded update lowers the real RD cost
         rank: rank of the decoder update
         form: update form of the adapters ("separable" or "full")
         step_code: quantization step of the factors, ``2 ** (-step_code / 4)``
@@ -58,7 +58,6 @@ class AdaptConfig:
     adapt_steps: int = 100
     refine_lr: float = 2e-2
     adapt_lr: float = 1e-2
-    gate_lr: float = 1e-2
     gate_steps: int = 20
     rank: int = 2
     form: str = "separable"
@@ -76,7 +75,7 @@ class AdaptConfig:
         for name in ("refine_steps", "adapt_steps", "gate_steps", "patience"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("refine_lr", "adapt_lr", "gate_lr"):
+        for name in ("refine_lr", "adapt_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 1 <= self.rank <= 255:

@@ -18,6 +18,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.models import (
     JointAutoregressiveHierarchicalPriors,
@@ -26,13 +27,25 @@ from compressai.models import (
 )
 from torch import Tensor
 
-__all__ = ["has_hyperprior", "analyse", "latent_terms", "fixed_latents"]
+__all__ = [
+    "has_hyperprior",
+    "is_autoregressive",
+    "analyse",
+    "decoder_context",
+    "decoder_y_hat",
+    "latent_terms",
+    "fixed_latents",
+]
 
 Rounding = Callable[[Tensor], Tensor]
 
 
 def has_hyperprior(model: nn.Module) -> bool:
     return isinstance(model, ScaleHyperprior)
+
+
+def is_autoregressive(model: nn.Module) -> bool:
+    return isinstance(model, JointAutoregressiveHierarchicalPriors)
 
 
 def analyse(model: nn.Module, x: Tensor) -> tuple[Tensor, Optional[Tensor]]:
@@ -66,15 +79,54 @@ def _gaussian(gc: GaussianConditional, y_hat: Tensor, scales, means) -> Tensor:
     return lik
 
 
+@torch.no_grad()
+def decoder_y_hat(model: nn.Module, y: Tensor, z_hat: Tensor) -> Tensor:
+    """The ``y_hat`` the serial decoder of an autoregressive model computes.
+
+    Position by position in raster order, as the host's ``_compress_ar`` and
+    ``decompress`` do: the context comes from the already decoded
+    ``round(y - mu) + mu`` values, so the result is exactly the decoder's.
+    """
+    conv = model.context_prediction
+    k = conv.weight.size(-1)
+    pad = (k - 1) // 2
+    params = model.h_s(z_hat)
+    height, width = y.shape[-2:]
+    y_hat = F.pad(torch.zeros_like(y), (pad, pad, pad, pad))
+    weight = conv.weight * conv.mask
+    for h in range(height):
+        for w in range(width):
+            ctx = F.conv2d(y_hat[:, :, h : h + k, w : w + k], weight, conv.bias)
+            p = params[:, :, h : h + 1, w : w + 1]
+            gp = model.entropy_parameters(torch.cat((p, ctx), dim=1))
+            _, means = gp.squeeze(3).squeeze(2).chunk(2, 1)
+            y_hat[:, :, h + pad, w + pad] = torch.round(y[:, :, h, w] - means) + means
+    return y_hat[:, :, pad : pad + height, pad : pad + width]
+
+
+def decoder_context(model: nn.Module, y: Tensor, z: Tensor) -> Tensor:
+    """:func:`decoder_y_hat` of ``y`` with the hyper-latent ``z`` hard-rounded
+    as the coder rounds it (around the medians)."""
+    with torch.no_grad():
+        z_hat, _ = _bottleneck(model.entropy_bottleneck, z, torch.round)
+        return decoder_y_hat(model, y, z_hat)
+
+
 def latent_terms(
-    model: nn.Module, y: Tensor, z: Optional[Tensor], rnd: Rounding
+    model: nn.Module,
+    y: Tensor,
+    z: Optional[Tensor],
+    rnd: Rounding,
+    context: Optional[Tensor] = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``(y_hat, likelihoods)`` of latents ``y``/``z`` under ``model``.
 
     ``rnd`` is the rounding (``torch.round`` or an SGA sample).  Mean-shifted
     models round ``y - mu`` and add ``mu`` back, as CompressAI's real coder
-    does; the autoregressive models take their context from ``rnd(y)`` (the
-    host's own training-time approximation of the serial decoder).
+    does.  The autoregressive models take their context from ``context``: the
+    serial decoder's ``y_hat`` (:func:`decoder_y_hat`) at the current ``y``
+    makes the result the real coder's exactly; without it, from ``rnd(y)``
+    (the host's training-time approximation).
     """
     if not has_hyperprior(model):
         y_hat, lik_y = _bottleneck(model.entropy_bottleneck, y, rnd)
@@ -83,7 +135,7 @@ def latent_terms(
     params = model.h_s(z_hat)
     gc = model.gaussian_conditional
     if isinstance(model, JointAutoregressiveHierarchicalPriors):
-        ctx = model.context_prediction(rnd(y))
+        ctx = model.context_prediction(rnd(y) if context is None else context)
         params = model.entropy_parameters(torch.cat((params, ctx), dim=1))
     if isinstance(model, MeanScaleHyperprior):
         scales, means = params.chunk(2, 1)

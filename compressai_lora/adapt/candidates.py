@@ -1,0 +1,125 @@
+"""Codable candidates and their real RD cost (bytes from the range coder,
+distortion from the real decoder output)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from .. import update_stream
+from .latents import fixed_latents
+from .objective import coded_distortion
+
+__all__ = [
+    "Candidate",
+    "Target",
+    "latent_candidate",
+    "update_candidate",
+    "prune_by_real_cost",
+]
+
+
+@dataclass
+class Candidate:
+    """One codable result with its real RD cost."""
+
+    name: str
+    strings: list
+    shape: Any
+    update: bytes
+    x_hat: Tensor  # decoder output (uncropped, clamped), as decompress returns it
+    y: Tensor
+    z: Optional[Tensor]
+    bpp: float = 0.0
+    dist: float = 0.0
+    J: float = math.inf
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a candidate is costed against: the image's own pixels ``x``, where
+    they sit in the decoder output (``offset``), and the RD trade-off."""
+
+    x: Tensor
+    offset: tuple[int, int]
+    lmbda: float
+    metric: str
+
+    @property
+    def pixels(self) -> int:
+        return self.x.size(-2) * self.x.size(-1)
+
+    def cost(self, c: Candidate) -> Candidate:
+        """Set ``c``'s real bpp, distortion and ``J`` (all bytes, real pixels)."""
+        n_bytes = sum(len(s[0]) for s in c.strings) + len(c.update)
+        c.bpp = 8.0 * n_bytes / self.pixels
+        c.dist = coded_distortion(c.x_hat, self.x, self.metric, self.offset)
+        c.J = c.bpp + self.lmbda * c.dist
+        return c
+
+
+class _Capture:
+    """Records the input of ``g_s`` (the ``y_hat`` the decoder really used)."""
+
+    def __init__(self, module):
+        self.value = None
+        self.handle = module.register_forward_pre_hook(self._hook)
+
+    def _hook(self, _module, args):
+        self.value = args[0].detach().clone()
+
+    def close(self):
+        self.handle.remove()
+
+
+def latent_candidate(model, name, target: Target, xp, y, z) -> Candidate:
+    """Code ``y``/``z`` with the host's coder, decode, and cost the image."""
+    with torch.no_grad():
+        with fixed_latents(model, y, z):
+            out = model.host_compress(xp)
+        cap = _Capture(model.g_s)
+        try:
+            x_hat = model.host_decompress(out["strings"], out["shape"])["x_hat"]
+        finally:
+            cap.close()
+    empty = update_stream.encode_update(0, 0, 0, {}, 0)
+    c = Candidate(name, out["strings"], out["shape"], empty, x_hat, y, z)
+    c.extra["y_hat"] = cap.value
+    return target.cost(c)
+
+
+def update_candidate(model, refined, updates, step_code, target: Target):
+    """Refined latents plus ``updates``, decoded as ``decompress`` would."""
+    data = model.encode_update_from(updates, step_code)
+    state = model._adapter_state()
+    try:
+        model.load_update(model.decode_update(data))
+        model.merge_adapters()
+        with torch.no_grad():
+            x_hat = model.g_s(refined.extra["y_hat"]).clamp_(0, 1)
+    finally:
+        model._restore_adapter_state(state)
+    c = Candidate(
+        "update", refined.strings, refined.shape, data, x_hat, refined.y, refined.z
+    )
+    c.extra["open_gates"] = sorted(updates)
+    c.extra["updates"] = dict(updates)
+    return target.cost(c)
+
+
+def prune_by_real_cost(model, refined, updates, step_code, target: Target):
+    """Greedily close layers whose update does not pay for its bits."""
+    best = update_candidate(model, refined, updates, step_code, target)
+    for i in sorted(updates):
+        trial = {k: v for k, v in updates.items() if k != i}
+        if not trial:
+            break
+        c = update_candidate(model, refined, trial, step_code, target)
+        if c.J < best.J:
+            best, updates = c, trial
+    return best

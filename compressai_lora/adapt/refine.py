@@ -1,0 +1,92 @@
+"""Phase 1: latent refinement with SGA under the RD loss, network frozen.
+
+For the autoregressive models the entropy model's context is anchored on the
+serial decoder's ``y_hat``: at every checkpoint (every ``EVAL_EVERY`` steps)
+an exact serial pass gives the ``y_hat`` the decoder will compute, and the
+steps until the next checkpoint take their context from it.  The checkpoint's
+hard-rounded loss is then the real coder's rate and distortion (up to the
+coder's discretized tables), and the best iterate is chosen by it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from .latents import decoder_context, is_autoregressive, latent_terms
+from .objective import crop_to, distortion, diverged, finite, progress, rate_bpp, sane
+from .sga import sga_round, temperature
+
+__all__ = ["EVAL_EVERY", "refine_latents"]
+
+EVAL_EVERY = 10
+
+
+def refine_latents(
+    model,
+    x: Tensor,
+    y0: Tensor,
+    z0: Optional[Tensor],
+    lmbda: float,
+    cfg,
+    gen,
+    cb,
+    offset: tuple[int, int] = (0, 0),
+) -> tuple[Tensor, Optional[Tensor], dict]:
+    """SGA refinement of ``y``/``z``; returns the best checkpoint's latents.
+
+    ``x`` holds the image's own pixels; they sit at ``offset`` in the decoder
+    output (the rest is padding and costs nothing).
+    """
+    pixels = x.size(-2) * x.size(-1)
+    y = y0.detach().clone().requires_grad_(True)
+    z = None if z0 is None else z0.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([t for t in (y, z) if t is not None], lr=cfg.refine_lr)
+    anchored = is_autoregressive(model)
+    context: list[Optional[Tensor]] = [None]
+
+    def checkpoint_loss() -> float:
+        """Hard-rounded loss, the context re-anchored on the decoder's y_hat."""
+        with torch.no_grad():
+            if anchored:
+                context[0] = decoder_context(model, y.detach(), z.detach())
+            return float(loss_fn(torch.round)[0])
+
+    def loss_fn(rnd):
+        y_hat, liks = latent_terms(model, y, z, rnd, context=context[0])
+        x_hat = crop_to(model.g_s(y_hat), x, offset)
+        bpp = rate_bpp(liks, pixels)
+        return lmbda * distortion(x_hat, x, cfg.metric) + bpp, bpp, x_hat
+
+    best_loss = checkpoint_loss()
+    best = (y0.detach(), None if z0 is None else z0.detach())
+    since, steps = 0, cfg.refine_steps
+    stats: dict[str, Any] = {}
+    t = -1
+    for t in range(steps):
+        tau = temperature(t, steps)
+        loss, bpp, x_hat = loss_fn(lambda v: sga_round(v, tau, gen))
+        if not finite(loss):
+            stats["diverged"] = diverged("refine", t, "non-finite loss")
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if not sane(y, z):  # diverged: keep the best state so far
+            stats["diverged"] = diverged("refine", t, "latents out of range")
+            break
+        since += 1
+        if (t + 1) % EVAL_EVERY == 0 or t == steps - 1:
+            hard = checkpoint_loss()
+            if math.isfinite(hard) and hard < best_loss:
+                best_loss, since = hard, 0
+                best = (y.detach().clone(), None if z is None else z.detach().clone())
+        if cb:
+            cb(progress("refine", t, steps, loss, bpp, x_hat, x, None))
+        if cfg.patience and since >= cfg.patience:
+            break
+    stats.update(refine_loss=best_loss, refine_iters=t + 1)
+    return best[0], best[1], stats

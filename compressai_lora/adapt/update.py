@@ -1,0 +1,215 @@
+"""Phase 2: the low-rank decoder update, trained on the ``y_hat`` the real
+decoder sees (the refined candidate's), with its bits in the loss.
+
+1. Warm-up: the factors of every adapted layer train together for
+   ``cfg.gate_steps`` steps (straight-through quantized; they start at zero,
+   so an update has to earn its bits).
+2. The gates decide on measured figures: the warm update is coded for real
+   and, per layer, the real ``J`` without that layer's update is compared with
+   the real ``J`` of the whole update.  A layer stays open if removing it
+   costs (``dJ > 0``); ``stats["gates"]`` records each decision and its
+   ``dJ``.  Deterministic: no gate network, no random draw.
+3. The open layers train on; every ``EVAL_EVERY`` steps the update is coded
+   for real and the lowest real ``J`` is kept (``cfg.patience`` steps without
+   a better one end the phase).  A greedy pass on real costs then closes the
+   layers that no longer pay.
+
+Only ``g_s`` runs, and its blocks before the first open adapter are cached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Optional
+
+import torch
+from torch import Tensor
+
+from .. import update_stream
+from ..priors import tensor_bits
+from .candidates import Candidate, Target, prune_by_real_cost, update_candidate
+from .objective import crop_to, distortion, diverged, finite, progress, sane
+
+__all__ = ["EVAL_EVERY", "UpdateTrainer", "first_adapted_block"]
+
+EVAL_EVERY = 10
+
+
+def first_adapted_block(model, paths=None) -> int:
+    """Index of the first ``g_s`` block that holds one of the adapters ``paths``."""
+    paths = model.lora_layers if paths is None else paths
+    for i in range(len(model.g_s)):
+        if any(p == f"g_s.{i}" or p.startswith(f"g_s.{i}.") for p in paths):
+            return i
+    return len(model.g_s)
+
+
+def _ste_round(t: Tensor) -> Tensor:
+    return t + (torch.round(t) - t).detach()
+
+
+class UpdateTrainer:
+    """Owns the trainable factors of one image's update and trains them.
+
+    Args:
+        model: a ``-lora`` model (frozen, adapters reset)
+        refined: the candidate whose latents the update is trained for
+        target: the image and RD trade-off (see :class:`Target`)
+        cfg: the AdaptConfig
+        callback: progress callback (or None)
+    """
+
+    def __init__(self, model, refined: Candidate, target: Target, cfg, callback):
+        self.model, self.refined, self.target = model, refined, target
+        self.cfg, self.callback = cfg, callback
+        self.adapters = list(model.adapters().values())
+        self.names = list(model.lora_layers)
+        self.step = update_stream.step_from_code(cfg.step_code)
+        self.limit = self.step * update_stream.MAX_SYMBOL / 4
+        device = target.x.device
+        self.factors = [
+            {
+                k: v.to(device).requires_grad_(True)
+                for k, v in m.initial_factors().items()
+            }
+            for m in self.adapters
+        ]
+        self.open = list(range(len(self.adapters)))
+        self.opt = torch.optim.Adam(
+            [t for f in self.factors for t in f.values()], lr=cfg.adapt_lr
+        )
+        self.stats: dict[str, Any] = {}
+
+    # -- the update --------------------------------------------------------
+    def _quantized(self, i: int) -> dict[str, Tensor]:
+        return {
+            k: _ste_round(v / self.step) * self.step for k, v in self.factors[i].items()
+        }
+
+    def updates(self, layers) -> dict[int, update_stream.LayerUpdate]:
+        """The quantized updates of ``layers`` that are not all zero."""
+        out = {}
+        for i in layers:
+            f = {k: v.detach() for k, v in self.factors[i].items()}
+            if sane(*f.values(), limit=self.limit) and any(
+                torch.round(v / self.step).abs().sum() > 0 for v in f.values()
+            ):
+                out[i] = update_stream.quantize(f, self.cfg.step_code)
+        return out
+
+    def real(self, layers) -> Optional[Candidate]:
+        """``layers``' current update, coded and decoded for real (None: empty)."""
+        updates = self.updates(layers)
+        if not updates:
+            return None
+        return update_candidate(
+            self.model, self.refined, updates, self.cfg.step_code, self.target
+        )
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """The open layers compute with the trainable update inside the block."""
+        for i in self.open:
+            m = self.adapters[i]
+            m.delta_fn = lambda _x, i=i, m=m: m.delta_from(**self._quantized(i))
+        try:
+            yield
+        finally:
+            for m in self.adapters:
+                m.delta_fn = None
+
+    # -- training ------------------------------------------------------------
+    def _prefix(self) -> tuple[int, Tensor]:
+        """Run the blocks before the first open adapter once, keep the output."""
+        split = first_adapted_block(self.model, [self.names[i] for i in self.open])
+        with torch.no_grad():
+            return split, self.model.g_s[:split](self.refined.extra["y_hat"])
+
+    def _loss(self, split: int, feat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        x, t = self.target.x, self.target
+        x_hat = crop_to(self.model.g_s[split:](feat), x, t.offset)
+        bits = sum(
+            tensor_bits(_ste_round(v / self.step))
+            for i in self.open
+            for v in self.factors[i].values()
+        )
+        bpp = bits / t.pixels
+        return t.lmbda * distortion(x_hat, x, self.cfg.metric) + bpp, bpp, x_hat
+
+    def decide(self) -> None:
+        """Keep the layers whose update pays, by the real coded cost."""
+        whole = self.real(self.open)
+        record = {}
+        keep = []
+        for i in self.open:
+            rest = [j for j in self.open if j != i]
+            if whole is None:
+                dj = 0.0
+            else:
+                without = self.real(rest)
+                j_without = self.refined.J if without is None else without.J
+                dj = j_without - whole.J
+            record[self.names[i]] = {"open": dj > 0, "dJ": dj}
+            if dj > 0:
+                keep.append(i)
+        self.open = keep
+        self.stats["gates"] = record
+        self.stats["gates_J"] = None if whole is None else whole.J
+
+    def run(self) -> tuple[Optional[Candidate], dict[str, Any]]:
+        """Train; returns the best real candidate (None: no update pays)."""
+        cfg = self.cfg
+        warmup = min(cfg.gate_steps, cfg.adapt_steps)
+        best: Optional[Candidate] = None
+        since, t = 0, -1
+        split, feat = self._prefix()
+        for t in range(cfg.adapt_steps):
+            if t == warmup:
+                self.decide()
+                if not self.open:
+                    break
+                split, feat = self._prefix()
+            with self.installed():
+                loss, bpp, x_hat = self._loss(split, feat)
+            if not finite(loss):
+                self.stats["diverged"] = diverged("adapt", t, "non-finite loss")
+                break
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            if not sane(
+                *(v for f in self.factors for v in f.values()), limit=self.limit
+            ):
+                self.stats["diverged"] = diverged("adapt", t, "factors out of range")
+                break
+            since += 1
+            last = t == cfg.adapt_steps - 1
+            if t >= warmup and ((t + 1 - warmup) % EVAL_EVERY == 0 or last):
+                c = self.real(self.open)
+                if c is not None and (best is None or c.J < best.J):
+                    best, since = c, 0
+            if self.callback:
+                self.callback(
+                    progress(
+                        "adapt",
+                        t,
+                        cfg.adapt_steps,
+                        loss,
+                        bpp,
+                        x_hat,
+                        self.target.x,
+                        len(self.open),
+                    )
+                )
+            if t >= warmup and cfg.patience and since >= cfg.patience:
+                break
+        if "gates" not in self.stats and "diverged" not in self.stats:
+            self.decide()  # the phase ended before the decision
+            best = self.real(self.open) if self.open else None
+        self.stats.update(adapt_iters=t + 1, gates_open=len(self.open), split=split)
+        if best is None:
+            return None, self.stats
+        final = prune_by_real_cost(
+            self.model, self.refined, best.extra["updates"], cfg.step_code, self.target
+        )
+        return (final if final.J <= best.J else best), self.stats
