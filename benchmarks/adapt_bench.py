@@ -29,9 +29,9 @@ from torchvision.transforms.functional import to_tensor
 import compressai_lora  # noqa: F401  (registers the -lora models)
 from compressai_lora.adapt import AdaptConfig
 from compressai_lora.adapt.engine import frozen, torch_threads
+from compressai_lora.adapt.latents import analyse, latent_terms
 from compressai_lora.adapt.objective import distortion, rate_bpp
 from compressai_lora.adapt.update import first_adapted_block
-from compressai_lora.adapt.latents import analyse, latent_terms
 from compressai_lora.checkpoint import load_meta, load_state_dict
 from compressai_lora.zoo import model_architectures
 

@@ -49,6 +49,11 @@ class AdaptConfig:
         threads: torch threads while optimizing (None: all CPU cores)
         patience: stop a phase after this many steps without a better loss
             (0: never stop early)
+        time_budget: seconds for both phases together (None: no limit); the
+            phases split it in proportion to their steps, stop before a step
+            that would overrun it, and send the best found so far.  Unlike
+            the step counts it depends on the machine's speed, so the same
+            seed with a budget does not promise the same bytes
         callback: called with a dict (phase, step, loss, bpp, psnr, gates)
             after every step, e.g. to drive a progress bar
     """
@@ -67,6 +72,7 @@ class AdaptConfig:
     seed: int = 0
     threads: Optional[int] = None
     patience: int = 30
+    time_budget: Optional[float] = None
     callback: Optional[Callable[[dict[str, Any]], None]] = field(
         default=None, compare=False, repr=False
     )
@@ -86,6 +92,8 @@ class AdaptConfig:
             raise ValueError(f'Invalid metric "{self.metric}"')
         if self.lmbda is not None and not self.lmbda > 0:
             raise ValueError(f"lmbda must be > 0, got {self.lmbda}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ValueError(f"time_budget must be > 0, got {self.time_budget}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
 

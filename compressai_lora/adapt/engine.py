@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .candidates import Candidate, Target, latent_candidate
+from .clock import Deadline
 from .config import AdaptConfig
 from .latents import analyse
 from .objective import finite
@@ -112,7 +113,7 @@ def adapt_and_compress(
     xp = pad_to_multiple(x, model.downsampling_factor)
     gen = torch.Generator().manual_seed(cfg.seed)
     stats: dict[str, Any] = {"lmbda": lmbda}
-    diverged = []
+    diverged, stopped = [], []  # why phases ended early (divergence, budget)
     t0 = time.perf_counter()
     with torch.no_grad():
         y0, z0 = analyse(model, xp)
@@ -121,27 +122,34 @@ def adapt_and_compress(
     stats["base_time"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    budget = cfg.time_budget
     refined = base
     if cfg.refine_steps > 0:
+        share = cfg.refine_steps / (cfg.refine_steps + cfg.adapt_steps)
+        deadline = Deadline(None if budget is None else budget * share)
         with torch.enable_grad(), frozen(model), torch_threads(cfg.threads):
             y, z, s = refine_latents(
-                model, image, y0, z0, lmbda, cfg, gen, cb, (top, left)
+                model, image, y0, z0, lmbda, cfg, gen, cb, (top, left), deadline
             )
         diverged += [s.pop("diverged")] if "diverged" in s else []
+        stopped += [s.pop("stopped")] if "stopped" in s else []
         stats.update(s)
         refined = latent_candidate(model, "refined", target, xp, y, z)
         candidates.append(refined)
     stats["refine_time"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
+    t1 = time.perf_counter()
     if cfg.adapt_steps > 0:
+        left_s = None if budget is None else max(budget - (t1 - t0), 0.0)
         with torch.enable_grad(), frozen(model), torch_threads(cfg.threads):
-            update, s = UpdateTrainer(model, refined, target, cfg, cb).run()
+            trainer = UpdateTrainer(model, refined, target, cfg, cb)
+            update, s = trainer.run(Deadline(left_s))
         diverged += [s.pop("diverged")] if "diverged" in s else []
+        stopped += [s.pop("stopped")] if "stopped" in s else []
         stats.update(s)
         if update is not None:
             candidates.append(update)
-    stats["adapt_time"] = time.perf_counter() - t0
+    stats["adapt_time"] = time.perf_counter() - t1
 
     best = min(candidates, key=lambda c: c.J)
     layer_names = list(model.adapters())
@@ -154,6 +162,7 @@ def adapt_and_compress(
             "update_bits": 8 * len(best.update),
             "open_gates": [layer_names[i] for i in best.extra.get("open_gates", [])],
             "diverged": diverged,
+            "stopped": stopped,
         }
     )
     return best, stats

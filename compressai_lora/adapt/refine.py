@@ -16,6 +16,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from .clock import Deadline
 from .latents import decoder_context, is_autoregressive, latent_terms
 from .objective import crop_to, distortion, diverged, finite, progress, rate_bpp, sane
 from .sga import sga_round, temperature
@@ -35,17 +36,23 @@ def refine_latents(
     gen,
     cb,
     offset: tuple[int, int] = (0, 0),
+    deadline: Optional[Deadline] = None,
+    anchor_context: bool = True,
 ) -> tuple[Tensor, Optional[Tensor], dict]:
     """SGA refinement of ``y``/``z``; returns the best checkpoint's latents.
 
     ``x`` holds the image's own pixels; they sit at ``offset`` in the decoder
-    output (the rest is padding and costs nothing).
+    output (the rest is padding and costs nothing).  At the ``deadline`` the
+    current latents get a last checkpoint and the phase ends.
+    ``anchor_context=False`` takes the context from ``round(y)`` instead (the
+    first release's objective, kept to measure the difference).
     """
+    deadline = deadline or Deadline(None)
     pixels = x.size(-2) * x.size(-1)
     y = y0.detach().clone().requires_grad_(True)
     z = None if z0 is None else z0.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([t for t in (y, z) if t is not None], lr=cfg.refine_lr)
-    anchored = is_autoregressive(model)
+    anchored = anchor_context and is_autoregressive(model)
     context: list[Optional[Tensor]] = [None]
 
     def checkpoint_loss() -> float:
@@ -67,6 +74,18 @@ def refine_latents(
     stats: dict[str, Any] = {}
     t = -1
     for t in range(steps):
+        if deadline.due():
+            stats["stopped"] = {"phase": "refine", "step": t, "reason": "budget"}
+            if t % EVAL_EVERY:  # the latest latents were not checked yet
+                hard = checkpoint_loss()
+                if math.isfinite(hard) and hard < best_loss:
+                    best_loss = hard
+                    best = (
+                        y.detach().clone(),
+                        None if z is None else z.detach().clone(),
+                    )
+            t -= 1
+            break
         tau = temperature(t, steps)
         loss, bpp, x_hat = loss_fn(lambda v: sga_round(v, tau, gen))
         if not finite(loss):
@@ -86,6 +105,7 @@ def refine_latents(
                 best = (y.detach().clone(), None if z is None else z.detach().clone())
         if cb:
             cb(progress("refine", t, steps, loss, bpp, x_hat, x, None))
+        deadline.tick()
         if cfg.patience and since >= cfg.patience:
             break
     stats.update(refine_loss=best_loss, refine_iters=t + 1)

@@ -28,6 +28,7 @@ from torch import Tensor
 from .. import update_stream
 from ..priors import tensor_bits
 from .candidates import Candidate, Target, prune_by_real_cost, update_candidate
+from .clock import Deadline
 from .objective import crop_to, distortion, diverged, finite, progress, sane
 
 __all__ = ["EVAL_EVERY", "UpdateTrainer", "first_adapted_block"]
@@ -156,14 +157,33 @@ class UpdateTrainer:
         self.stats["gates"] = record
         self.stats["gates_J"] = None if whole is None else whole.J
 
-    def run(self) -> tuple[Optional[Candidate], dict[str, Any]]:
-        """Train; returns the best real candidate (None: no update pays)."""
+    def run(
+        self, deadline: Optional[Deadline] = None
+    ) -> tuple[Optional[Candidate], dict[str, Any]]:
+        """Train; returns the best real candidate (None: no update pays).
+
+        At the ``deadline`` the current update gets a last real check and the
+        phase ends.
+        """
         cfg = self.cfg
+        deadline = deadline or Deadline(None)
         warmup = min(cfg.gate_steps, cfg.adapt_steps)
         best: Optional[Candidate] = None
         since, t = 0, -1
         split, feat = self._prefix()
         for t in range(cfg.adapt_steps):
+            if deadline.due() and t > 0:
+                self.stats["stopped"] = {
+                    "phase": "adapt",
+                    "step": t,
+                    "reason": "budget",
+                }
+                if "gates" in self.stats and self.open:
+                    c = self.real(self.open)
+                    if c is not None and (best is None or c.J < best.J):
+                        best = c
+                t -= 1
+                break
             if t == warmup:
                 self.decide()
                 if not self.open:
@@ -201,6 +221,7 @@ class UpdateTrainer:
                         len(self.open),
                     )
                 )
+            deadline.tick()
             if t >= warmup and cfg.patience and since >= cfg.patience:
                 break
         if "gates" not in self.stats and "diverged" not in self.stats:

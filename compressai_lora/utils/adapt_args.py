@@ -28,6 +28,7 @@ _FIELDS = {
     "lmbda": "lmbda",
     "seed": "seed",
     "threads": "threads",
+    "budget": "time_budget",
 }
 
 
@@ -80,6 +81,12 @@ def add_adaptation_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
     )
     g.add_argument(
         "--seed", type=int, metavar="S", help="random seed (same seed, same bytes)"
+    )
+    g.add_argument(
+        "--budget",
+        type=float,
+        metavar="SECONDS",
+        help="time for the adaptation: stop there and send the best found so far",
     )
     g.add_argument(
         "--threads",
