@@ -5,10 +5,11 @@ decoder sees (the refined candidate's), with its bits in the loss.
    ``cfg.gate_steps`` steps (straight-through quantized; they start at zero,
    so an update has to earn its bits).
 2. The gates decide on measured figures: the warm update is coded for real
-   and, per layer, the real ``J`` without that layer's update is compared with
-   the real ``J`` of the whole update.  A layer stays open if removing it
-   costs (``dJ > 0``); ``stats["gates"]`` records each decision and its
-   ``dJ``.  Deterministic: no gate network, no random draw.
+   and, layer by layer, the real ``J`` without that layer's update is
+   compared with the real ``J`` with it (backward elimination).  A layer
+   stays open if removing it costs (``dJ > 0``); ``stats["gates"]`` records
+   each decision and its ``dJ``.  Deterministic: no gate network, no random
+   draw.
 3. The open layers train on; every ``EVAL_EVERY`` steps the update is coded
    for real and the lowest real ``J`` is kept (``cfg.patience`` steps without
    a better one end the phase).  A greedy pass on real costs then closes the
@@ -137,25 +138,27 @@ class UpdateTrainer:
         bpp = bits / t.pixels
         return t.lmbda * distortion(x_hat, x, self.cfg.metric) + bpp, bpp, x_hat
 
-    def decide(self) -> None:
-        """Keep the layers whose update pays, by the real coded cost."""
-        whole = self.real(self.open)
+    def decide(self) -> Optional[Candidate]:
+        """Keep the layers whose update pays, by the real coded cost.
+
+        Backward elimination in layer order: a layer is closed if the update
+        without it costs less (real J) than with it; ``dJ`` is what removing
+        it would have cost (> 0: it stays open).
+        """
+        current = self.real(self.open)
         record = {}
-        keep = []
-        for i in self.open:
+        for i in list(self.open):
             rest = [j for j in self.open if j != i]
-            if whole is None:
-                dj = 0.0
-            else:
-                without = self.real(rest)
-                j_without = self.refined.J if without is None else without.J
-                dj = j_without - whole.J
+            without = self.real(rest) if rest else None
+            j_with = self.refined.J if current is None else current.J
+            j_without = self.refined.J if without is None else without.J
+            dj = j_without - j_with
             record[self.names[i]] = {"open": dj > 0, "dJ": dj}
-            if dj > 0:
-                keep.append(i)
-        self.open = keep
+            if dj <= 0:
+                self.open, current = rest, without
         self.stats["gates"] = record
-        self.stats["gates_J"] = None if whole is None else whole.J
+        self.stats["gates_J"] = None if current is None else current.J
+        return current
 
     def run(
         self, deadline: Optional[Deadline] = None
@@ -185,7 +188,7 @@ class UpdateTrainer:
                 t -= 1
                 break
             if t == warmup:
-                self.decide()
+                best, since = self.decide(), 0  # the decision's coded update
                 if not self.open:
                     break
                 split, feat = self._prefix()
@@ -225,8 +228,7 @@ class UpdateTrainer:
             if t >= warmup and cfg.patience and since >= cfg.patience:
                 break
         if "gates" not in self.stats and "diverged" not in self.stats:
-            self.decide()  # the phase ended before the decision
-            best = self.real(self.open) if self.open else None
+            best = self.decide()  # the phase ended before the decision
         self.stats.update(adapt_iters=t + 1, gates_open=len(self.open), split=split)
         if best is None:
             return None, self.stats
