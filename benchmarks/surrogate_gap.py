@@ -46,7 +46,7 @@ def psnr(mse255: float) -> float:
 def surrogate(model, x, y, z, lmbda, anchored: bool) -> dict:
     ctx = decoder_context(model, y, z) if anchored else None
     y_hat, liks = latent_terms(model, y, z, torch.round, context=ctx)
-    x_hat = model.g_s(y_hat)[..., : x.size(-2), : x.size(-1)]
+    x_hat = model.g_s(y_hat)[..., : x.size(-2), : x.size(-1)].clamp(0, 1)
     bpp = float(rate_bpp(liks, x.size(-2) * x.size(-1)))
     mse = float(distortion(x_hat, x, "mse"))
     return {"J": bpp + lmbda * mse, "bpp": bpp, "psnr": psnr(mse)}

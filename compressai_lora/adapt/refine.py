@@ -64,7 +64,7 @@ def refine_latents(
 
     def loss_fn(rnd):
         y_hat, liks = latent_terms(model, y, z, rnd, context=context[0])
-        x_hat = crop_to(model.g_s(y_hat), x, offset)
+        x_hat = crop_to(model.g_s(y_hat), x, offset).clamp(0, 1)  # as decoded
         bpp = rate_bpp(liks, pixels)
         return lmbda * distortion(x_hat, x, cfg.metric) + bpp, bpp, x_hat
 

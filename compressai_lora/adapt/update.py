@@ -129,7 +129,7 @@ class UpdateTrainer:
 
     def _loss(self, split: int, feat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         x, t = self.target.x, self.target
-        x_hat = crop_to(self.model.g_s[split:](feat), x, t.offset)
+        x_hat = crop_to(self.model.g_s[split:](feat), x, t.offset).clamp(0, 1)
         bits = sum(
             tensor_bits(_ste_round(v / self.step))
             for i in self.open
@@ -230,8 +230,8 @@ class UpdateTrainer:
         if "gates" not in self.stats and "diverged" not in self.stats:
             best = self.decide()  # the phase ended before the decision
         self.stats.update(adapt_iters=t + 1, gates_open=len(self.open), split=split)
-        if best is None:
-            return None, self.stats
+        if best is None or "stopped" in self.stats:
+            return best, self.stats  # out of time: no pruning pass
         final = prune_by_real_cost(
             self.model, self.refined, best.extra["updates"], cfg.step_code, self.target
         )
