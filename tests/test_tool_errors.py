@@ -72,6 +72,17 @@ def test_eval_model_bad_output_paths_fail_before_work(setup, tmp_path, capsys, w
     assert "Using trained model" not in err  # refused before any model ran
 
 
+def test_eval_model_unwritable_output_dir(setup, tmp_path, capsys, monkeypatch):
+    """As root every directory is writable: the permission check is simulated."""
+    from compressai_lora.utils import paths
+
+    monkeypatch.setattr(paths.os, "access", lambda path, mode: False)
+    with pytest.raises(SystemExit) as exc:
+        ours.main(_eval_argv(setup, "--no-adapt", "-d", tmp_path / "out"))
+    assert exc.value.code == 1
+    _one_error_line(capsys.readouterr().err, "is not writable")
+
+
 def test_eval_model_failed_write_keeps_the_results_on_stdout(
     setup, tmp_path, capsys, monkeypatch
 ):
