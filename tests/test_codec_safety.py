@@ -21,6 +21,7 @@ import pytest
 import torch
 from compressai.zoo.image import model_architectures
 from PIL import Image
+from test_codec import run  # noqa: E402  (same directory: main() in-process)
 
 from compressai_lora.utils.codec import format as fmt
 from compressai_lora.utils.codec.__main__ import main
@@ -30,16 +31,6 @@ DATA = ROOT / "tests" / "data"
 ARCH = "bmshj2018-hyperprior-lora"  # two latent groups (y, z) and an update
 FAST = ["--refine-steps", "2", "--adapt-steps", "2", "--lr", "0.05"]
 FAST += ["--lmbda", "10", "--seed", "0", "--threads", "1"]
-
-
-def run(argv, capsys) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def clean_error(code: int, err: str, *fragments: str) -> str:
@@ -187,6 +178,7 @@ def test_emptied_latent_string_is_refused(enc, tmp_path, capsys):
 _DECODE = """
 import sys
 from compressai_lora.utils.codec.__main__ import main
+from test_codec import run  # noqa: E402  (same directory: main() in-process)
 main(sys.argv[1:])
 """
 
@@ -237,6 +229,7 @@ def test_valid_strings_decode_the_same_with_padding(enc):
 _BOMB = """
 import resource, sys, time
 from compressai_lora.utils.codec.__main__ import main
+from test_codec import run  # noqa: E402  (same directory: main() in-process)
 start = time.perf_counter()
 try:
     main(sys.argv[1:])
