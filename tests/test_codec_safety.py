@@ -178,7 +178,6 @@ def test_emptied_latent_string_is_refused(enc, tmp_path, capsys):
 _DECODE = """
 import sys
 from compressai_lora.utils.codec.__main__ import main
-from test_codec import run  # noqa: E402  (same directory: main() in-process)
 main(sys.argv[1:])
 """
 
@@ -229,7 +228,6 @@ def test_valid_strings_decode_the_same_with_padding(enc):
 _BOMB = """
 import resource, sys, time
 from compressai_lora.utils.codec.__main__ import main
-from test_codec import run  # noqa: E402  (same directory: main() in-process)
 start = time.perf_counter()
 try:
     main(sys.argv[1:])
