@@ -46,7 +46,7 @@ class AdaptConfig:
         lmbda: RD trade-off; None takes CompressAI's table for quality/metric
         metric: distortion, "mse" or "ms-ssim"
         seed: seed of every random choice (same seed, same bytes)
-        threads: torch threads while optimizing (None: all CPU cores)
+        threads: torch threads while optimizing (None: leave torch's setting)
         patience: stop a phase after this many steps without a better loss
             (0: never stop early)
         time_budget: seconds for both phases together (None: no limit); the

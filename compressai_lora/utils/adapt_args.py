@@ -92,7 +92,7 @@ def add_adaptation_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
         "--threads",
         type=int,
         metavar="T",
-        help="torch threads while adapting (default: all CPU cores)",
+        help="torch threads while adapting (default: torch's current setting)",
     )
     return g
 
