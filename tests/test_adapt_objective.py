@@ -65,7 +65,7 @@ def test_anchored_objective_is_within_2_percent_of_the_real_cost(sample):
     """On the repository's q3 checkpoint, the refinement's checkpoint objective
     (context anchored on the decoder's y_hat) is the real J within 2%: the rest
     is the coder's discretized tables and the 8-bit rounding of the output.
-    The bound is what docs/RESULTS.md measured (at most +1.6%) with a margin."""
+    The bound is what docs/RESULTS.md measured (at most 1.3%) with a margin."""
     ckpt = ROOT / "weights" / "cheng2020-attn-N64-q3.pth.tar"
     model = model_architectures["cheng2020-attn-lora"].from_state_dict(
         load_state_dict(ckpt)
