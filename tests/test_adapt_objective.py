@@ -12,7 +12,7 @@ from PIL import Image
 from test_determinism import _image, _model  # noqa: E402  (same directory)
 
 from compressai_lora.adapt import AdaptConfig
-from compressai_lora.adapt.candidates import Target, latent_candidate
+from compressai_lora.adapt.candidates import Target, _Capture, latent_candidate
 from compressai_lora.adapt.latents import (
     analyse,
     decoder_context,
@@ -27,15 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 AR = [n for n in sorted(model_architectures) if n.startswith(("mbt2018-l", "cheng"))]
 
 
-class _Capture:
-    def __init__(self, module):
-        self.value = None
-        self.handle = module.register_forward_pre_hook(self.hook)
-
-    def hook(self, _module, args):
-        self.value = args[0].clone()
-
-
 @pytest.mark.parametrize("name", AR)
 def test_decoder_context_is_the_serial_decoders_y_hat(name):
     model, x = _model(name), _image(0)
@@ -45,7 +36,7 @@ def test_decoder_context_is_the_serial_decoders_y_hat(name):
         out = model.host_compress(x)
         cap = _Capture(model.g_s)
         model.host_decompress(out["strings"], out["shape"])
-        cap.handle.remove()
+        cap.close()
         anchored = decoder_context(model, y, z)
     assert torch.equal(anchored, cap.value)
 

@@ -112,9 +112,10 @@ def update_candidate(model, refined, updates, step_code, target: Target):
     return target.cost(c)
 
 
-def prune_by_real_cost(model, refined, updates, step_code, target: Target):
-    """Greedily close layers whose update does not pay for its bits."""
-    best = update_candidate(model, refined, updates, step_code, target)
+def prune_by_real_cost(model, refined, best: Candidate, step_code, target: Target):
+    """Greedily close layers of ``best``'s update that do not pay for their bits
+    (``best``: an :func:`update_candidate`); never costlier than ``best``."""
+    updates = best.extra["updates"]
     for i in sorted(updates):
         trial = {k: v for k, v in updates.items() if k != i}
         if not trial:

@@ -70,6 +70,17 @@ def refine_latents(
 
     best_loss = checkpoint_loss()
     best = (y0.detach(), None if z0 is None else z0.detach())
+
+    def keep_if_better() -> bool:
+        """Checkpoint the current latents; keep them if they beat the best."""
+        nonlocal best_loss, best
+        hard = checkpoint_loss()
+        if not (math.isfinite(hard) and hard < best_loss):
+            return False
+        best_loss = hard
+        best = (y.detach().clone(), None if z is None else z.detach().clone())
+        return True
+
     since, steps = 0, cfg.refine_steps
     stats: dict[str, Any] = {}
     t = -1
@@ -77,13 +88,7 @@ def refine_latents(
         if deadline.due():
             stats["stopped"] = {"phase": "refine", "step": t, "reason": "budget"}
             if t % EVAL_EVERY:  # the latest latents were not checked yet
-                hard = checkpoint_loss()
-                if math.isfinite(hard) and hard < best_loss:
-                    best_loss = hard
-                    best = (
-                        y.detach().clone(),
-                        None if z is None else z.detach().clone(),
-                    )
+                keep_if_better()
             t -= 1
             break
         tau = temperature(t, steps)
@@ -98,11 +103,8 @@ def refine_latents(
             stats["diverged"] = diverged("refine", t, "latents out of range")
             break
         since += 1
-        if (t + 1) % EVAL_EVERY == 0 or t == steps - 1:
-            hard = checkpoint_loss()
-            if math.isfinite(hard) and hard < best_loss:
-                best_loss, since = hard, 0
-                best = (y.detach().clone(), None if z is None else z.detach().clone())
+        if ((t + 1) % EVAL_EVERY == 0 or t == steps - 1) and keep_if_better():
+            since = 0
         if cb:
             cb(progress("refine", t, steps, loss, bpp, x_hat, x, None))
         deadline.tick()

@@ -182,9 +182,7 @@ class UpdateTrainer:
                     "reason": "budget",
                 }
                 if "gates" in self.stats and self.open:
-                    c = self.real(self.open)
-                    if c is not None and (best is None or c.J < best.J):
-                        best = c
+                    best = self._better(best)
                 t -= 1
                 break
             if t == warmup:
@@ -208,9 +206,8 @@ class UpdateTrainer:
             since += 1
             last = t == cfg.adapt_steps - 1
             if t >= warmup and ((t + 1 - warmup) % EVAL_EVERY == 0 or last):
-                c = self.real(self.open)
-                if c is not None and (best is None or c.J < best.J):
-                    best, since = c, 0
+                before, best = best, self._better(best)
+                since = 0 if best is not before else since
             if self.callback:
                 self.callback(
                     progress(
@@ -233,6 +230,11 @@ class UpdateTrainer:
         if best is None or "stopped" in self.stats:
             return best, self.stats  # out of time: no pruning pass
         final = prune_by_real_cost(
-            self.model, self.refined, best.extra["updates"], cfg.step_code, self.target
+            self.model, self.refined, best, cfg.step_code, self.target
         )
-        return (final if final.J <= best.J else best), self.stats
+        return final, self.stats
+
+    def _better(self, best: Optional[Candidate]) -> Optional[Candidate]:
+        """The open layers' current update, coded for real, if it beats ``best``."""
+        c = self.real(self.open)
+        return c if c is not None and (best is None or c.J < best.J) else best
