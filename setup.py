@@ -19,6 +19,7 @@ setup(
         "tqdm",
         "matplotlib",
         "psutil",
+        "scipy",
     ],
     extras_require={"test": ["pytest"], "dev": ["pytest", "ruff"]},
     entry_points={

@@ -32,7 +32,7 @@ from compressai_lora.adapt.engine import frozen, torch_threads
 from compressai_lora.adapt.latents import analyse, latent_terms
 from compressai_lora.adapt.objective import distortion, rate_bpp
 from compressai_lora.adapt.update import first_adapted_block
-from compressai_lora.checkpoint import load_meta, load_state_dict
+from compressai_lora.checkpoint import load_state_dict, load_state_dict_and_meta
 from compressai_lora.zoo import model_architectures
 
 
@@ -124,7 +124,7 @@ def main(argv: list[str]) -> None:
     )
     model.update(force=True)
     model.eval()
-    meta = load_meta(args.checkpoint)
+    meta = load_state_dict_and_meta(args.checkpoint)[1]
     changes = {
         k: v
         for k, v in {

@@ -18,24 +18,9 @@ with warnings.catch_warnings():
     import compressai
     import compressai.zoo  # noqa: F401  (imports the rest of compressai)
 
-_SUPPORTED = ((1, 2, 8), (1, 3, 0))  # compressai>=1.2.8,<1.3: we use its internals
+from .host import check_version  # noqa: E402
 
-
-def _check_host_version() -> None:
-    found = compressai.__version__
-    try:
-        parts = tuple(int(p) for p in found.split("+")[0].split(".")[:3])
-    except ValueError:
-        parts = ()
-    if not (_SUPPORTED[0] <= parts < _SUPPORTED[1]):
-        raise ImportError(
-            f"compressai_lora needs compressai>=1.2.8,<1.3 (found {found}); "
-            "it relies on compressai internals that change between minor versions. "
-            'Install a supported version: pip install "compressai>=1.2.8,<1.3"'
-        )
-
-
-_check_host_version()
+check_version()  # PROTECTED in host.py lists what it guards
 
 from .models import *  # noqa: E402,F401,F403
 from .registry import register_models  # noqa: E402

@@ -11,29 +11,31 @@ of the convolutions are stored as float16 (and tensors that float16 holds
 exactly, such as the masks of masked convolutions), except the context model
 and entropy-parameter network (:data:`KEEP_FLOAT32`).  Everything that
 defines the entropy coder stays as trained: the integer tables
-(``_quantized_cdf``, ``_offset``, ``_cdf_length``) and every floating tensor
+(:data:`compressai_lora.host.ENTROPY_BUFFERS`) and every floating tensor
 of an entropy model (quantiles, density parameters, scale table) keep their
 dtype, as do GDN parameters and bound buffers (small, and some below
 float16's normal range).  So the tables that ``update(force=True)``
 recomputes at load time are the trained ones, bit for bit; only the
 transforms see float16 rounding.
 
-:func:`load_state_dict` restores float32.  The host's ``eval_model checkpoint``
-needs no help: ``load_state_dict`` of a float32 model copies float16 values
-into its float32 parameters, which gives the same model.
+:func:`load_state_dict_and_meta` (and :func:`load_state_dict`) restore
+float32.  The host's ``eval_model checkpoint`` needs no help:
+``load_state_dict`` of a float32 model copies float16 values into its float32
+parameters, which gives the same model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
-from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 from torch import Tensor
+
+from .host import ENTROPY_BUFFERS
+from .utils.files import write_atomic
 
 __all__ = [
     "ENTROPY_BUFFERS",
@@ -43,14 +45,13 @@ __all__ = [
     "to_half_storage",
     "to_float32",
     "unwrap",
+    "CheckpointError",
+    "load_state_dict_and_meta",
     "load_state_dict",
-    "load_meta",
     "save_checkpoint",
     "sha256",
 ]
 
-#: integer buffers of CompressAI's entropy models, always stored exactly
-ENTROPY_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length")
 #: keys under which checkpoints keep the state dict, in the host's order
 #: (``eval_model`` takes the last one present)
 WRAPPER_KEYS = ("network", "state_dict", "model_state_dict")
@@ -66,8 +67,8 @@ _FP16_MAX = torch.finfo(torch.float16).max
 
 
 def _entropy_model_prefixes(state_dict: Mapping[str, Tensor]) -> set[str]:
-    """Module paths of the entropy models (they own a ``_quantized_cdf``)."""
-    suffix = "._quantized_cdf"
+    """Module paths of the entropy models (they own the integer tables)."""
+    suffix = "." + ENTROPY_BUFFERS[0]
     return {k[: -len(suffix)] + "." for k in state_dict if k.endswith(suffix)}
 
 
@@ -116,6 +117,10 @@ def to_float32(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     }
 
 
+class CheckpointError(ValueError):
+    """A file that cannot be read as a checkpoint (one-line message)."""
+
+
 def unwrap(checkpoint: Mapping[str, Any]) -> Mapping[str, Tensor]:
     """The state dict inside a checkpoint, found as the host finds it."""
     state_dict = checkpoint
@@ -125,31 +130,58 @@ def unwrap(checkpoint: Mapping[str, Any]) -> Mapping[str, Tensor]:
     return state_dict
 
 
-def _load(path: PathLike, map_location: Any = "cpu") -> Mapping[str, Any]:
-    obj = torch.load(path, map_location=map_location, weights_only=True)
+def load_file(path: PathLike, map_location: Any = "cpu") -> Mapping[str, Any]:
+    """The mapping a torch file holds (``weights_only``: no code is run).
+
+    Raises:
+        CheckpointError: the file is missing, unreadable or not a mapping.
+    """
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as err:
+        why = err.strerror or " ".join(str(err).split())
+        raise CheckpointError(f"cannot read checkpoint {path}: {why}") from None
+    except Exception as err:  # unpickling errors of every kind
+        lines = str(err).strip().splitlines()
+        first = lines[0][:200] if lines else ""
+        raise CheckpointError(
+            f"cannot load checkpoint {path} ({type(err).__name__}: {first})"
+        ) from None
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path}: not a checkpoint (found {type(obj).__name__})")
+        raise CheckpointError(f"{path}: not a checkpoint (found {type(obj).__name__})")
     return obj
 
 
-def load_state_dict(path: PathLike, map_location: Any = "cpu") -> dict[str, Tensor]:
-    """State dict of a checkpoint file, floating tensors as float32.
+def load_state_dict_and_meta(
+    path: PathLike, map_location: Any = "cpu"
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``(state_dict, meta)`` of a checkpoint file; floating tensors float32.
 
     Accepts a bare state dict or one wrapped under ``"state_dict"``,
-    ``"network"`` or ``"model_state_dict"``; float16 storage is restored to
-    float32 and the entropy tables are returned exactly as stored.  The result
-    goes to any model's ``from_state_dict``, ours and the host's::
+    ``"network"`` or ``"model_state_dict"`` (as the host's eval_model does);
+    float16 storage is restored to float32 and the entropy tables are
+    returned exactly as stored.  ``meta`` is the ``"meta"`` entry (empty if
+    there is none).  The state dict goes to any model's ``from_state_dict``,
+    ours and the host's::
 
-        sd = load_state_dict("weights/cheng2020-attn-N64-q3.pth.tar")
+        sd, meta = load_state_dict_and_meta("weights/cheng2020-attn-N64-q3.pth.tar")
         net = compressai_lora.zoo.model_architectures[
             "cheng2020-attn-lora"].from_state_dict(sd)
+
+    Raises:
+        CheckpointError: not a readable checkpoint, or one without a state dict.
     """
-    return to_float32(unwrap(_load(path, map_location)))
+    obj = load_file(path, map_location)
+    state_dict = unwrap(obj)
+    if not isinstance(state_dict, Mapping) or not state_dict:
+        raise CheckpointError(f"checkpoint {path} holds no state dict")
+    meta = obj.get("meta")
+    return to_float32(state_dict), dict(meta) if isinstance(meta, Mapping) else {}
 
 
-def load_meta(path: PathLike) -> dict[str, Any]:
-    """The ``"meta"`` entry of a checkpoint file (empty if it has none)."""
-    return dict(_load(path).get("meta") or {})
+def load_state_dict(path: PathLike, map_location: Any = "cpu") -> dict[str, Tensor]:
+    """The state dict of :func:`load_state_dict_and_meta`."""
+    return load_state_dict_and_meta(path, map_location)[0]
 
 
 def sha256(path: PathLike) -> str:
@@ -164,19 +196,7 @@ def sha256(path: PathLike) -> str:
 def atomic_save(obj: Any, path: PathLike) -> None:
     """``torch.save`` through a temporary file, so a crash never leaves half a
     file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def save_checkpoint(

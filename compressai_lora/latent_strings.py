@@ -29,6 +29,8 @@ from typing import Sequence
 import compressai
 from torch import nn
 
+from .host import latent_strides
+
 __all__ = ["MIN_STRING_BYTES", "symbol_counts", "check_and_pad"]
 
 WORD = 4
@@ -45,7 +47,8 @@ def symbol_counts(model: nn.Module, shape: Sequence[int]) -> list[int]:
     area = math.prod(int(d) for d in shape)
     if not hasattr(model, "gaussian_conditional"):  # factorized prior: y only
         return [model.M * area]
-    ratio = (model.downsampling_factor // 16) ** 2  # y's pixels per z pixel
+    y_stride, z_stride = latent_strides(model)
+    ratio = (z_stride // y_stride) ** 2  # y's pixels per z pixel
     return [model.M * area * ratio, model.entropy_bottleneck.channels * area]
 
 

@@ -15,8 +15,9 @@ import functools
 import math
 
 import torch
-from compressai._CXX import pmf_to_quantized_cdf
 from torch import Tensor
+
+from .host import pmf_to_quantized_cdf
 
 __all__ = [
     "SCALES",

@@ -13,13 +13,13 @@ from compressai.zoo.image import model_architectures as host_architectures
 import compressai_lora
 from compressai_lora.adapt import AdaptConfig
 from compressai_lora.checkpoint import (
-    ENTROPY_BUFFERS,
     half_storage_keys,
-    load_meta,
     load_state_dict,
+    load_state_dict_and_meta,
     save_checkpoint,
     sha256,
 )
+from compressai_lora.host import ENTROPY_BUFFERS
 from compressai_lora.utils.train.__main__ import main
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -55,13 +55,13 @@ def test_train_writes_checkpoint_and_resumes_exactly(
     assert first["steps"] == 2 and first["lmbda"] == 0.0035
     assert first["sha256"] == sha256(ckpt)
     assert set(first["final_train_batch"]) >= {"psnr_db", "bpp"}
-    meta = load_meta(ckpt)
+    meta = load_state_dict_and_meta(ckpt)[1]
     assert meta["arch"] == "bmshj2018-factorized" and meta["steps"] == 2
     assert (meta["N"], meta["M"], meta["patch"], meta["batch"]) == (8, 8, 64, 2)
 
     # automatic resume: the step count continues...
     second = train(tmp_path / "a", *arch, "--steps", "4")
-    assert second["steps"] == 4 and load_meta(ckpt)["steps"] == 4
+    assert second["steps"] == 4 and load_state_dict_and_meta(ckpt)[1]["steps"] == 4
     assert [s["from_step"] for s in second["sessions"]] == [0, 2]
     # ...and gives what an uninterrupted run gives, bit for bit
     train(tmp_path / "b", *arch, "--steps", "4")
@@ -74,7 +74,7 @@ def test_train_writes_checkpoint_and_resumes_exactly(
     with pytest.raises(SystemExit):
         train(tmp_path / "a", *arch[:-1], "4", "--name", ckpt.name[:-8], "--steps", "9")
     assert "other settings" in capsys.readouterr().err
-    assert load_meta(ckpt)["steps"] == 4
+    assert load_state_dict_and_meta(ckpt)[1]["steps"] == 4
 
     # fine-tuning at another lambda starts from those weights, counts on
     tuned = train(tmp_path / "c", *arch[:-1], "1", "--init", str(ckpt), "--steps", "5")
@@ -152,7 +152,7 @@ def test_convert_carries_json_over(tmp_path):
     assert info["conversion"]["entropy_tables_identical"]
     raw = torch.load(new, weights_only=True)["state_dict"]
     assert raw["g_a.0.weight"].dtype == torch.float16
-    assert load_meta(new)["steps"] == 7
+    assert load_state_dict_and_meta(new)[1]["steps"] == 7
 
 
 @pytest.mark.parametrize(

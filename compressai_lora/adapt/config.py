@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
-__all__ = ["AdaptConfig", "LAMBDAS", "lmbda_for", "PRESETS"]
+__all__ = ["AdaptConfig", "LAMBDAS", "lmbda_for", "resolve_lmbda", "PRESETS"]
 
 #: CompressAI's training lambdas per quality level (mse / ms-ssim).
 LAMBDAS = {
@@ -22,6 +22,27 @@ def lmbda_for(quality: int, metric: str = "mse") -> float:
     if not 1 <= quality <= len(LAMBDAS[metric]):
         raise ValueError(f'Invalid quality "{quality}", should be between (1, 8)')
     return LAMBDAS[metric][quality - 1]
+
+
+def resolve_lmbda(
+    given: Optional[float] = None,
+    *,
+    meta: Optional[Mapping[str, Any]] = None,
+    quality: Optional[int] = None,
+    metric: str = "mse",
+) -> Optional[float]:
+    """The lambda of a run: ``given``; else a checkpoint's ``meta["lmbda"]``;
+    else the zoo table's for ``quality`` and ``metric``; else None.
+
+    Raises:
+        ValueError: ``quality`` or ``metric`` is not in the zoo's table.
+    """
+    if given is not None:
+        return float(given)
+    value = (meta or {}).get("lmbda")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None if quality is None else lmbda_for(quality, metric)
 
 
 @dataclass

@@ -27,6 +27,8 @@ from compressai.models import (
 )
 from torch import Tensor
 
+from .. import host
+
 __all__ = [
     "has_hyperprior",
     "is_autoregressive",
@@ -62,9 +64,9 @@ def _bottleneck(eb: EntropyBottleneck, z: Tensor, rnd: Rounding):
     """Round around the medians (as ``compress`` does) and get likelihoods."""
     perm = (1, 0, 2, 3)
     values = z.permute(*perm).reshape(z.size(1), 1, -1)
-    medians = eb._get_medians().detach()
+    medians = host.bottleneck_medians(eb).detach()
     z_hat = rnd(values - medians) + medians
-    lik, _, _ = eb._likelihood(z_hat)
+    lik = host.bottleneck_likelihood(eb, z_hat)
     if eb.use_likelihood_bound:
         lik = eb.likelihood_lower_bound(lik)
     shape = (z.size(1), z.size(0), z.size(2), z.size(3))
@@ -73,7 +75,7 @@ def _bottleneck(eb: EntropyBottleneck, z: Tensor, rnd: Rounding):
 
 
 def _gaussian(gc: GaussianConditional, y_hat: Tensor, scales, means) -> Tensor:
-    lik = gc._likelihood(y_hat, scales, means)
+    lik = host.gaussian_likelihood(gc, y_hat, scales, means)
     if gc.use_likelihood_bound:
         lik = gc.likelihood_lower_bound(lik)
     return lik

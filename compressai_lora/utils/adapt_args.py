@@ -13,6 +13,7 @@ import argparse
 from typing import Any
 
 from ..adapt.config import PRESETS, AdaptConfig
+from ..host import ArgumentGroup
 from ..layers import UPDATE_FORMS
 
 __all__ = ["add_adaptation_args", "adapt_config_from_args", "adaptation_flags_given"]
@@ -32,7 +33,7 @@ _FIELDS = {
 }
 
 
-def add_adaptation_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+def add_adaptation_args(parser: argparse.ArgumentParser) -> ArgumentGroup:
     """Add the adaptation argument group (used only by ``-lora`` models).
 
     Every flag defaults to None (``--no-adapt``: False), so that the preset's

@@ -10,11 +10,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from compressai.zoo.image import cfgs as host_cfgs
-from compressai.zoo.image import model_urls as host_urls
-from compressai.zoo.pretrained import load_pretrained
 from torch.hub import load_state_dict_from_url
 
+from .. import host
 from ..adapt.config import AdaptConfig, lmbda_for
 from ..models import (
     Cheng2020AnchorLoRA,
@@ -72,17 +70,17 @@ def _load_model(
     if architecture not in model_architectures:
         raise ValueError(f'Invalid architecture name "{architecture}"')
     cls = model_architectures[architecture]
-    host = cls.host_arch
+    host_arch = cls.host_arch
     if metric not in ("mse", "ms-ssim"):
         raise ValueError(f'Invalid metric "{metric}"')
-    qualities = sorted(host_cfgs[host])
+    qualities = sorted(host.zoo_sizes()[host_arch])
     if quality not in qualities:
         raise ValueError(
             f'Invalid quality "{quality}", should be between (1, {qualities[-1]})'
         )
     cfg = _adapt_config(metric, kwargs)
     if pretrained:
-        urls = host_urls.get(host, {}).get(metric, {})
+        urls = host.zoo_urls().get(host_arch, {}).get(metric, {})
         if quality not in urls:
             raise RuntimeError("Pre-trained model not yet available")
         if kwargs:
@@ -90,9 +88,9 @@ def _load_model(
                 f"unexpected arguments with pretrained=True: {list(kwargs)}"
             )
         state_dict = load_state_dict_from_url(urls[quality], progress=progress)
-        model = cls.from_state_dict(load_pretrained(state_dict), adapt=cfg)
+        model = cls.from_state_dict(host.load_pretrained_state(state_dict), adapt=cfg)
     else:
-        model = cls(*host_cfgs[host][quality], adapt=cfg, **kwargs)
+        model = cls(*host.zoo_sizes()[host_arch][quality], adapt=cfg, **kwargs)
     model.default_lmbda = lmbda_for(quality, metric)
     return model
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from compressai_lora.utils.bd import bd_rate
-
-from .results import HOST_KEYS, average, write_json
+from ..bd import bd_rate
+from ..files import write_json
+from ..plot import plot_rd
+from .results import HOST_KEYS, average
 
 __all__ = ["DELTA_KEYS", "add_base", "bd_rates", "rd_cost", "write_base_outputs"]
 
@@ -79,27 +79,6 @@ def bd_rates(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def plot_rd(path: Path, curves: list[tuple[str, list, list]], title: str) -> None:
-    """PSNR-vs-bpp plot with matplotlib's Agg canvas (no global backend change)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    for name, xs, ys in curves:
-        ax.plot(xs, ys, marker="o", linewidth=1, label=name)
-    ax.set_xlabel("Bit-rate [bpp]")
-    ax.set_ylabel("PSNR [dB]")
-    ax.grid(True)
-    ax.legend(loc="lower right")
-    ax.set_title(title)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=150)
-    os.replace(tmp, path)
-
-
 def write_base_outputs(
     json_path: Path,
     base_path: Path,
@@ -124,8 +103,8 @@ def write_base_outputs(
     plot_rd(
         json_path.with_suffix(".png"),
         [
-            (output["base"], base_results["bpp"], base_results["psnr-rgb"]),
-            (output["name"], results["bpp"], results["psnr-rgb"]),
+            (output["base"], base_results["bpp"], base_results["psnr-rgb"], None),
+            (output["name"], results["bpp"], results["psnr-rgb"], None),
         ],
         title,
     )

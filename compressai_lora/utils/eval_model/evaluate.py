@@ -12,19 +12,14 @@ from typing import Any, Optional
 
 import torch
 from compressai.ops import compute_padding
-from compressai.utils.eval_model import __main__ as host
 from torch import Tensor
 from tqdm import tqdm
 
+from ... import host
+from ..files import write_json
 from . import CLIError
-from .images import PaddedForward, read_image
-from .results import (
-    adaptation_results,
-    jsonable,
-    load_done,
-    per_image_path,
-    write_json,
-)
+from .images import PaddedForward, compute_metrics, read_image
+from .results import adaptation_results, jsonable, load_done, per_image_path
 
 __all__ = ["Job", "StepBar", "evaluate_run", "infer"]
 
@@ -85,17 +80,19 @@ def infer(
     if hasattr(model, "last_adaptation"):
         model.last_adaptation = {}  # no stale statistics from the last image
     # the padding both inference paths add: adaptation costs only real pixels
-    pad, _ = compute_padding(x.size(-2), x.size(-1), min_div=2**6)
+    pad, _ = compute_padding(x.size(-2), x.size(-1), min_div=host.PAD_MULTIPLE)
     padding = getattr(model, "input_padding", None)
     with padding(pad) if padding else contextlib.nullcontext():
         if not args.entropy_estimation:
             if args.half:
                 model = model.half()
                 x = x.half()
-            rv = host.inference(model, x, vbr_stage, vbr_scale)
+            rv = host.inference(model, x, vbr_stage, vbr_scale, compute_metrics)
         else:
             padded = PaddedForward(model)
-            rv = host.inference_entropy_estimation(padded, x, vbr_stage, vbr_scale)
+            rv = host.inference_entropy_estimation(
+                padded, x, vbr_stage, vbr_scale, compute_metrics
+            )
     rv = dict(rv)
     stats = dict(getattr(model, "last_adaptation", None) or {})
     rv.update(adaptation_results(stats, x.size(-2) * x.size(-1)))

@@ -2,35 +2,31 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from compressai.ops import compute_padding
-from compressai.utils.eval_model import __main__ as host
 from PIL import Image
 from torch import Tensor
-from torchvision import transforms
 
+from ... import host
+from ..images import read_tensor
 from . import CLIError
 
 __all__ = [
     "MSSSIM_MIN_SIDE",
     "PaddedForward",
+    "compute_metrics",
     "dataset_images",
     "read_image",
     "short_error",
-    "small_image_metrics",
 ]
 
 #: pytorch_msssim needs the smaller image side to exceed (11 - 1) * 2**4.
 MSSSIM_MIN_SIDE = 161
-
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 def short_error(err: BaseException, limit: int = 300) -> str:
@@ -45,16 +41,9 @@ def read_image(filepath: str | Path) -> Tensor:
 
     PIL's ``convert("RGB")`` clips 16-bit grayscale (modes ``I;16*`` and
     ``I``) at 255, which turns most images white; they are scaled to 8 bits
-    (``round(v / 257)``) first.  16-bit RGB(A) PNGs already open as 8-bit.
+    (``round(v / 257)``) instead.  8-bit images give the host's tensor.
     """
-    path = Path(filepath)
-    with Image.open(path) as img:
-        if img.mode in _SIXTEEN_BIT_MODES:
-            a = np.asarray(img, dtype=np.float64)
-            a = np.clip(np.round(a / 257.0), 0, 255).astype(np.uint8)
-            rgb = Image.fromarray(a).convert("RGB")
-            return transforms.ToTensor()(rgb)
-    return host.read_image(path)
+    return read_tensor(filepath)
 
 
 def _unreadable(filepaths: list[Path]) -> list[tuple[Path, str]]:
@@ -85,7 +74,7 @@ def dataset_images(dataset: str) -> list[Path]:
     if len(filepaths) == 0:
         raise CLIError(
             f"no images found in directory {dataset} "
-            f"(extensions: {', '.join(host.IMG_EXTENSIONS)})"
+            f"(extensions: {', '.join(host.image_extensions())})"
         )
     bad = _unreadable(filepaths)
     if bad:
@@ -101,28 +90,18 @@ def dataset_images(dataset: str) -> list[Path]:
     return filepaths
 
 
-@contextlib.contextmanager
-def small_image_metrics() -> Iterator[None]:
-    """Let the host's inference helpers measure images pytorch_msssim refuses.
+def compute_metrics(org: Tensor, rec: Tensor, max_val: int = 255) -> dict[str, Any]:
+    """The host's metrics, also for images pytorch_msssim refuses.
 
     The host's ``compute_metrics`` asserts inside pytorch_msssim for images
     whose smaller side is <= 160 px; for those the PSNR is the host's and
     MS-SSIM is ``None``.  Larger images go through the host function.
     """
-    original = host.compute_metrics
-
-    def compute_metrics(org: Tensor, rec: Tensor, max_val: int = 255):
-        if min(org.shape[-2:]) >= MSSSIM_MIN_SIDE:
-            return original(org, rec, max_val)
-        org = (org * max_val).clamp(0, max_val).round()
-        rec = (rec * max_val).clamp(0, max_val).round()
-        return {"psnr-rgb": host.psnr(org, rec).item(), "ms-ssim-rgb": None}
-
-    host.compute_metrics = compute_metrics
-    try:
-        yield
-    finally:
-        host.compute_metrics = original
+    if min(org.shape[-2:]) >= MSSSIM_MIN_SIDE:
+        return host.compute_metrics(org, rec, max_val)
+    org = (org * max_val).clamp(0, max_val).round()
+    rec = (rec * max_val).clamp(0, max_val).round()
+    return {"psnr-rgb": host.psnr(org, rec).item(), "ms-ssim-rgb": None}
 
 
 class PaddedForward:
@@ -137,7 +116,8 @@ class PaddedForward:
         self.model = model
 
     def forward(self, x: Tensor, **kwargs: Any) -> dict[str, Any]:
-        pad, unpad = compute_padding(x.size(2), x.size(3), min_div=2**6)
+        h, w = x.size(2), x.size(3)
+        pad, unpad = compute_padding(h, w, min_div=host.PAD_MULTIPLE)
         out = dict(
             self.model.forward(F.pad(x, pad, mode="constant", value=0), **kwargs)
         )

@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
-from compressai.utils.eval_model import __main__ as host
+from compressai.zoo.image import model_architectures
 
+from ... import host
+from ...checkpoint import CheckpointError, load_state_dict_and_meta
 from . import CLIError
 from .images import short_error
 
-__all__ = ["checkpoint_lmbda", "load_checkpoint", "load_pretrained"]
+__all__ = ["checkpoint_model", "load_pretrained"]
+
+#: VBR architectures whose checkpoints the host loads with a variable-rate
+#: entropy bottleneck, updated at the largest gain
+_VBR_BOTTLENECK = ("bmshj2018-hyperprior-vbr", "mbt2018-mean-vbr")
 
 
 def load_pretrained(arch: str, metric: str, quality: int) -> torch.nn.Module:
     """The host's ``load_pretrained``; a failure is a :class:`CLIError`."""
     try:
-        return host.load_pretrained(arch, metric, quality)
+        return host.load_pretrained_model(arch, metric, quality)
     except Exception as err:
         raise CLIError(
             f"cannot load pretrained {arch} ({metric}, quality {quality}): "
@@ -45,8 +51,11 @@ def _state_dict_mismatch(err: BaseException) -> Optional[str]:
     return ", ".join(parts) or None
 
 
-def load_checkpoint(arch: str, no_update: bool, path: str) -> torch.nn.Module:
-    """The host's ``load_checkpoint``; a failure is a :class:`CLIError`.
+def checkpoint_model(
+    arch: str, no_update: bool, path: str
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """``(model, meta)`` of a checkpoint, loaded as the host's
+    ``load_checkpoint`` loads it; a failure is a :class:`CLIError`.
 
     The message summarizes missing/unexpected keys and size mismatches (a
     checkpoint of another architecture) instead of torch's key lists.
@@ -54,7 +63,19 @@ def load_checkpoint(arch: str, no_update: bool, path: str) -> torch.nn.Module:
     if not Path(path).is_file():
         raise CLIError(f"checkpoint not found: {path}")
     try:
-        return host.load_checkpoint(arch, no_update, path)
+        state_dict, meta = load_state_dict_and_meta(path)
+    except CheckpointError as err:
+        raise CLIError(str(err)) from None
+    try:
+        cls = model_architectures[arch]
+        if arch in _VBR_BOTTLENECK:
+            net = cls.from_state_dict(state_dict, vr_entbttlnck=True)
+            if not no_update:
+                net.update(force=True, scale=net.Gain[-1])
+        else:
+            net = cls.from_state_dict(state_dict)
+            if not no_update:
+                net.update(force=True)
     except Exception as err:
         mismatch = _state_dict_mismatch(err)
         if mismatch is None and not isinstance(err, KeyError):
@@ -67,14 +88,4 @@ def load_checkpoint(arch: str, no_update: bool, path: str) -> torch.nn.Module:
             f"({mismatch or short_error(err)}); "
             "is it a checkpoint of another architecture?"
         ) from None
-
-
-def checkpoint_lmbda(path: str) -> Optional[float]:
-    """``checkpoint["meta"]["lmbda"]`` when the checkpoint has it."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu")
-    except Exception:
-        return None
-    meta = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
-    value = meta.get("lmbda") if isinstance(meta, dict) else None
-    return float(value) if isinstance(value, (int, float)) else None
+    return net.eval(), meta

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,17 +19,12 @@ __all__ = [
     "per_image_path",
     "settings_of",
     "table",
-    "write_json",
 ]
 
 #: The host's result keys, in the host's order; ours come after them.
 HOST_KEYS = ("psnr-rgb", "ms-ssim-rgb", "bpp", "encoding_time", "decoding_time")
 #: Per-image adaptation keys, read from ``model.last_adaptation``.
 ADAPT_KEYS = ("update_bpp", "open_gates", "adaptation_time")
-#: Settings that do not change results (left out of the resume check).  The
-#: thread count is not among them: it changes the float sums of the
-#: optimization, hence the bytes.
-_NOT_RESULT_SETTINGS: tuple[str, ...] = ()
 
 
 def settings_of(cfg: AdaptConfig) -> dict[str, Any]:
@@ -108,32 +101,10 @@ def jsonable(stats: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as the host does, atomically (temp file + os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            f.write(json.dumps(obj, indent=2).encode())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
 def per_image_path(outdir: str, dataset: str, filepath: Path, net: str) -> Path:
     """The host's per-image JSON path."""
     subdir = Path(outdir) / Path(filepath).parent.relative_to(dataset)
     return subdir / f"{filepath.stem}-{net}.json"
-
-
-def _result_settings(settings: Optional[dict]) -> Optional[dict]:
-    if settings is None:
-        return None
-    return {k: v for k, v in settings.items() if k not in _NOT_RESULT_SETTINGS}
 
 
 def load_done(path: Path, settings: Optional[dict]) -> Optional[dict]:
@@ -145,6 +116,8 @@ def load_done(path: Path, settings: Optional[dict]) -> Optional[dict]:
     results = data.get("results") if isinstance(data, dict) else None
     if not isinstance(results, dict) or any(k not in results for k in HOST_KEYS):
         return None
-    if _result_settings(data.get("settings")) != _result_settings(settings):
+    # every setting counts, the thread count too: it changes the float sums of
+    # the optimization, hence the bytes
+    if data.get("settings") != settings:
         return None
     return data

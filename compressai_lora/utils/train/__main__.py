@@ -59,8 +59,7 @@ import compressai_lora
 from ...adapt.config import LAMBDAS
 from ...checkpoint import (
     atomic_save,
-    load_meta,
-    load_state_dict,
+    load_state_dict_and_meta,
     save_checkpoint,
     sha256,
     to_float32,
@@ -554,10 +553,10 @@ class Trainer:
         if not Path(path).is_file():
             raise TrainError(f"--init: no file {path!r}")
         try:
-            self.net.load_state_dict(load_state_dict(path))
+            self.net.load_state_dict(load_state_dict_and_meta(path)[0])
         except (RuntimeError, KeyError) as e:
             raise TrainError(f"--init {path}: does not fit {self.config}: {e}") from e
-        meta = load_meta(path)
+        meta = load_state_dict_and_meta(path)[1]
         self.step = int(meta.get("steps", 0))
         self.init = {
             "file": Path(path).name,
@@ -738,8 +737,7 @@ def convert(args) -> dict[str, Any]:
     src = Path(args.convert)
     if not src.is_file():
         raise TrainError(f"--convert: no file {str(src)!r}")
-    state_dict = load_state_dict(src)
-    meta = load_meta(src)
+    state_dict, meta = load_state_dict_and_meta(src)
     arch = args.model or meta.get("arch")
     if arch not in base_architectures():
         raise TrainError(f"--convert: give the architecture (-m); meta says {arch!r}")
@@ -751,7 +749,7 @@ def convert(args) -> dict[str, Any]:
     digest = save_checkpoint(out, net, meta, half=args.half_storage)
 
     # check: same tensors as the source, up to the storage rounding
-    back = load_state_dict(out)
+    back, _ = load_state_dict_and_meta(out)
     if back.keys() != state_dict.keys():
         raise TrainError(f"{out}: keys differ from {src}")
     max_err, tables_exact, fp32_exact = 0.0, True, True

@@ -1,14 +1,31 @@
-"""Image input/output of the codec tool: any Pillow mode in, 8-bit RGB PNG out."""
+"""Reading images of any Pillow mode as 8-bit RGB, and writing RGB PNGs.
+
+One reader for every tool: 16-bit images are scaled to 8 bits, not clipped
+at 255 as Pillow's ``convert("RGB")`` (and so the host's ``read_image``)
+clips them; for 8-bit images the pixels are the host's.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import BinaryIO, Callable
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageError", "read_image", "to_rgb8", "png_writer"]
+from ..host import image_extensions
+
+__all__ = [
+    "ImageError",
+    "image_files",
+    "read_image",
+    "read_tensor",
+    "to_rgb8",
+    "png_writer",
+    "is_png_name",
+]
 
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _INT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -18,11 +35,27 @@ class ImageError(ValueError):
     """The input image cannot be read or converted."""
 
 
-def read_image(path: str, warn: Callable[[str], None]) -> np.ndarray:
+def _ignore(_: str) -> None:
+    pass
+
+
+def image_files(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Image files under ``folder`` (the host's extensions), sorted."""
+    extensions = image_extensions()
+    walk = Path(folder).rglob("*") if recursive else Path(folder).iterdir()
+    return sorted(p for p in walk if p.suffix.lower() in extensions and p.is_file())
+
+
+def read_image(
+    path: str | os.PathLike,
+    warn: Callable[[str], None] = _ignore,
+    orient: bool = True,
+) -> np.ndarray:
     """Read ``path`` as an ``(H, W, 3)`` uint8 RGB array.
 
-    The first frame of animations is used; EXIF orientation is applied.
-    ``warn`` receives one-line messages about what was dropped or rescaled.
+    The first frame of animations is used; EXIF orientation is applied if
+    ``orient`` (the host's eval_model does not apply it).  ``warn`` receives
+    one-line messages about what was dropped or rescaled.
 
     Raises:
         ImageError: the file is missing, unreadable, not an image or damaged.
@@ -33,7 +66,8 @@ def read_image(path: str, warn: Callable[[str], None]) -> np.ndarray:
             im.load()
             if frames > 1:
                 warn(f"{path} has {frames} frames; only the first is encoded")
-            im = ImageOps.exif_transpose(im)
+            if orient:
+                im = ImageOps.exif_transpose(im)
             return to_rgb8(im, warn)
     except FileNotFoundError:
         raise ImageError(f"cannot read {path}: no such file") from None
@@ -49,6 +83,15 @@ def read_image(path: str, warn: Callable[[str], None]) -> np.ndarray:
         # Pillow reports damaged data as OSError/SyntaxError/ValueError/EOFError
         msg = " ".join(str(e).split()) or type(e).__name__
         raise ImageError(f"cannot decode {path}: {msg}") from None
+
+
+def read_tensor(
+    path: str | os.PathLike, warn: Callable[[str], None] = _ignore
+) -> torch.Tensor:
+    """:func:`read_image` (not oriented) as the host's ``3xHxW`` float tensor in
+    ``[0, 1]``: for 8-bit images exactly what the host's ``read_image`` gives."""
+    rgb = read_image(path, warn, orient=False)
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous().float().div(255)
 
 
 def _scale_to_8bit(a: np.ndarray, full: float, warn, what: str) -> np.ndarray:
