@@ -10,7 +10,7 @@ symbol exists) and nowhere else:
   differentiates through (:func:`bottleneck_medians`,
   :func:`bottleneck_likelihood`, :func:`gaussian_likelihood`);
 * the C++ helper that turns a PMF into the coder's integer CDF
-  (:func:`pmf_to_quantized_cdf`);
+  (:func:`integer_cdf`);
 * the names of the entropy models' integer tables (:data:`ENTROPY_BUFFERS`);
 * the zoo's tables of sizes and weight URLs (:func:`zoo_sizes`,
   :func:`zoo_urls`, :func:`load_pretrained_state`);
@@ -43,7 +43,7 @@ __all__ = [
     "bottleneck_medians",
     "bottleneck_likelihood",
     "gaussian_likelihood",
-    "pmf_to_quantized_cdf",
+    "integer_cdf",
     "zoo_sizes",
     "zoo_urls",
     "load_pretrained_state",
@@ -132,7 +132,7 @@ def gaussian_likelihood(
     return gc._likelihood(y_hat, scales, means)
 
 
-def pmf_to_quantized_cdf(pmf: list[float], precision: int) -> list[int]:
+def integer_cdf(pmf: list[float], precision: int) -> list[int]:
     """The host coder's integer CDF of ``pmf`` (its last entry: the tail mass)."""
     from compressai._CXX import pmf_to_quantized_cdf as convert
 

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor
 
-from .host import pmf_to_quantized_cdf
+from .host import integer_cdf
 
 __all__ = [
     "SCALES",
@@ -63,7 +63,7 @@ def cdf_tables() -> tuple[list[list[int]], list[int], list[int]]:
         q = torch.arange(-support, support + 1, dtype=torch.float64)
         pmf = _pmf(q, scale)
         tail = max(1.0 - float(pmf.sum()), 1e-9)
-        cdf = pmf_to_quantized_cdf(pmf.tolist() + [tail], PRECISION)
+        cdf = integer_cdf(pmf.tolist() + [tail], PRECISION)
         cdfs.append(cdf)
         lengths.append(len(cdf))
         offsets.append(-support)

@@ -37,6 +37,7 @@ import torch
 from compressai.ans import RansDecoder, RansEncoder
 from torch import Tensor
 
+from .byte_reader import ByteReader, encode_varint
 from .layers import LoRAConv
 from .priors import best_scale, cdf_tables
 
@@ -103,17 +104,6 @@ def fingerprint(arch: str, adapters: Mapping[str, LoRAConv]) -> int:
     return zlib.crc32("|".join(desc).encode()) & 0xFFFF
 
 
-def encode_varint(n: int) -> bytes:
-    """LEB128: 7 bits per byte, high bit set on all but the last byte."""
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _rans(symbols: list[int], indexes: list[int]) -> bytes:
     cdfs, lengths, offsets = cdf_tables()
     return RansEncoder().encode_with_indexes(symbols, indexes, cdfs, lengths, offsets)
@@ -168,32 +158,6 @@ def encode_update(
     )
 
 
-class _Reader:
-    def __init__(self, data: bytes):
-        self.data, self.pos = data, 0
-
-    def take(self, n: int, what: str) -> bytes:
-        if self.pos + n > len(self.data):
-            raise ValueError(
-                f"update stream truncated: {what} needs {n} byte(s) at offset "
-                f"{self.pos}, only {len(self.data) - self.pos} left"
-            )
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def varint(self, what: str) -> int:
-        n = shift = 0
-        while True:
-            byte = self.take(1, what)[0]
-            n |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                return n
-            shift += 7
-            if shift > 35:
-                raise ValueError(f"update stream corrupted: {what} is not a varint")
-
-
 def decode_update(
     data: bytes,
     fp: int,
@@ -219,7 +183,7 @@ def decode_update(
         raise ValueError(f"update stream must be bytes, got {type(data).__name__}")
     if not data:
         return {}  # no update
-    r = _Reader(bytes(data))
+    r = ByteReader(data, "update stream")
     head = r.take(1, "header")[0]
     if head >> 4 != FORMAT_VERSION:
         raise ValueError(
@@ -229,7 +193,7 @@ def decode_update(
     if head & 0x0F & ~_HAS_UPDATE:
         raise ValueError(f"update stream corrupted: unknown flags {head & 0x0F:#x}")
     if not head & _HAS_UPDATE:
-        _expect_end(r)
+        r.end()
         return {}
     got_fp = int.from_bytes(r.take(2, "fingerprint"), "big")
     got_rank, got_layers = r.take(2, "rank and layer count")
@@ -261,7 +225,7 @@ def decode_update(
     if len(nibbles) > len(tensors) and nibbles[-1]:
         raise ValueError("update stream corrupted: invalid padding of scale indexes")
     payload = r.take(r.varint("payload length"), "payload")
-    _expect_end(r)
+    r.end()
 
     indexes: list[int] = []
     for (_, _, shape), j in zip(tensors, nibbles):
@@ -284,10 +248,3 @@ def decode_update(
         out.setdefault(i, LayerUpdate({}, step)).symbols[name] = t
         pos += n
     return out
-
-
-def _expect_end(r: _Reader) -> None:
-    if r.pos != len(r.data):
-        raise ValueError(
-            f"update stream corrupted: {len(r.data) - r.pos} trailing byte(s)"
-        )

@@ -17,6 +17,7 @@ from compressai.models import FactorizedPrior, ScaleHyperprior, ScaleHyperpriorV
 from compressai.utils.eval_model import __main__ as host
 from PIL import Image
 
+import compressai_lora.host as seam
 import compressai_lora.zoo as lora_zoo
 from compressai_lora.utils.eval_model import __main__ as ours
 from compressai_lora.utils.eval_model.evaluate import StepBar
@@ -333,13 +334,13 @@ def test_resume(env, tmp_path, capsys, monkeypatch):
     a, b = out / "a-fact-ans.json", out / "b-fact-ans.json"
 
     calls = []
-    inference = host.inference
+    inference = seam.inference
 
     def counting(*args, **kwargs):
         calls.append(1)
         return inference(*args, **kwargs)
 
-    monkeypatch.setattr(host, "inference", counting)
+    monkeypatch.setattr(seam, "inference", counting)
     # a: stored results are used (marked with a fake PSNR); b: recomputed
     stored = json.loads(a.read_text())
     psnr_a = stored["results"]["psnr-rgb"]
@@ -371,7 +372,7 @@ def test_interrupted_run_resumes(env, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     argv = ["checkpoint", env["data"] / "small", "-a", "bmshj2018-factorized"]
     argv += ["-p", env["ckpt"] / "fact.pth.tar", "--per-image", "-d", out]
-    inference = host.inference
+    inference = seam.inference
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -380,7 +381,7 @@ def test_interrupted_run_resumes(env, tmp_path, capsys, monkeypatch):
             raise KeyboardInterrupt
         return inference(*args, **kwargs)
 
-    monkeypatch.setattr(host, "inference", interrupted)
+    monkeypatch.setattr(seam, "inference", interrupted)
     err = fails(argv, capsys, code=130)
     assert "resume" in err
     assert [p.name for p in out.iterdir()] == ["a-fact-ans.json"]  # no temp files

@@ -46,7 +46,7 @@ def test_import_registers_in_a_fresh_interpreter():
 def test_unsupported_host_version_raises(monkeypatch, found):
     monkeypatch.setattr(compressai, "__version__", found)
     with pytest.raises(ImportError, match=r"compressai>=1\.2\.8,<1\.3") as err:
-        compressai_lora._check_host_version()
+        compressai_lora.host.check_version()
     assert f"found {found}" in str(err.value)
     assert "pip install" in str(err.value)
 
@@ -54,4 +54,4 @@ def test_unsupported_host_version_raises(monkeypatch, found):
 @pytest.mark.parametrize("found", ["1.2.8", "1.2.9", "1.2.8+cu121", "1.2.10.dev0"])
 def test_supported_host_version_passes(monkeypatch, found):
     monkeypatch.setattr(compressai, "__version__", found)
-    compressai_lora._check_host_version()
+    compressai_lora.host.check_version()

@@ -50,7 +50,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from ...update_stream import encode_varint
+from ...byte_reader import ByteReader, encode_varint
 
 __all__ = [
     "MAGIC",
@@ -138,9 +138,10 @@ class Header:
 
 # -- writing ---------------------------------------------------------------
 def _varint(n: int) -> bytes:
-    if not 0 <= n < 1 << 35:
-        raise FormatError(f"value {n} does not fit a 5-byte varint")
-    return encode_varint(n)
+    try:
+        return encode_varint(n)
+    except ValueError as err:
+        raise FormatError(str(err)) from None
 
 
 def _str8(s: str) -> bytes:
@@ -189,46 +190,8 @@ def pack(header: Header, strings: Sequence[Sequence[bytes]]) -> bytes:
 
 
 # -- reading ---------------------------------------------------------------
-class _Reader:
-    def __init__(self, data: bytes, what: str):
-        self.data, self.pos, self.what = data, 0, what
-
-    def take(self, n: int, field: str) -> bytes:
-        if n > len(self.data) - self.pos:
-            raise FormatError(f"corrupted {self.what}: {field} runs past its end")
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def byte(self, field: str) -> int:
-        return self.take(1, field)[0]
-
-    def varint(self, field: str) -> int:
-        n = 0
-        for shift in range(0, 35, 7):
-            byte = self.byte(field)
-            n |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                if byte == 0 and shift:
-                    raise FormatError(f"corrupted {self.what}: {field} is not minimal")
-                return n
-        raise FormatError(f"corrupted {self.what}: {field} is too long")
-
-    def str8(self, field: str) -> str:
-        raw = self.take(self.byte(field), field)
-        try:
-            return raw.decode("ascii")
-        except UnicodeDecodeError:
-            raise FormatError(f"corrupted {self.what}: {field} is not ASCII") from None
-
-    def end(self) -> None:
-        if self.pos != len(self.data):
-            left = len(self.data) - self.pos
-            raise FormatError(f"corrupted {self.what}: {left} trailing byte(s)")
-
-
 def _parse_header(data: bytes, version: int) -> Header:
-    r = _Reader(data, "header")
+    r = ByteReader(data, "header", FormatError)
     arch = r.str8("architecture")
     metric = r.str8("metric")
     quality = r.byte("quality")
@@ -283,7 +246,7 @@ def unpack(data: bytes) -> tuple[Header, list[list[bytes]]]:
     body, crc = data[:-4], int.from_bytes(data[-4:], "big")
     if zlib.crc32(body) != crc:
         raise FormatError("file is corrupted or truncated (CRC-32 mismatch)")
-    r = _Reader(body, "file")
+    r = ByteReader(body, "file", FormatError)
     r.take(len(MAGIC) + 1, "magic and version")
     try:
         header = _parse_header(r.take(r.varint("header length"), "header"), version)
