@@ -53,6 +53,17 @@ def _points(xs: Sequence[float], ys: Sequence[float], what: str):
     return x, y
 
 
+def _log_rates(*rates: Sequence[float]) -> list[np.ndarray]:
+    """Natural logs of each curve's rates (which must be > 0)."""
+    out = []
+    for r in rates:
+        r = np.asarray(r, dtype=np.float64)
+        if np.any(r <= 0):
+            raise ValueError("rates must be > 0")
+        out.append(np.log(r))
+    return out
+
+
 def _pchip_integral(x: np.ndarray, y: np.ndarray, lo: float, hi: float) -> float:
     """Integral over [lo, hi] of scipy's PCHIP interpolant through (x, y)."""
     return float(PchipInterpolator(x, y).integrate(lo, hi))
@@ -94,11 +105,9 @@ def bd_rate(
         ValueError: fewer than 4 points, non-positive rates, repeated
             qualities, or curves whose quality ranges do not overlap.
     """
-    for r in (rate_anchor, rate_test):
-        if np.any(np.asarray(r, dtype=np.float64) <= 0):
-            raise ValueError("rates must be > 0")
-    qa, la = _points(quality_anchor, np.log(rate_anchor), "anchor")
-    qt, lt = _points(quality_test, np.log(rate_test), "test")
+    la, lt = _log_rates(rate_anchor, rate_test)
+    qa, la = _points(quality_anchor, la, "anchor")
+    qt, lt = _points(quality_test, lt, "test")
     return float((np.exp(_mean_difference(qa, la, qt, lt, method)) - 1) * 100)
 
 
@@ -113,9 +122,7 @@ def bd_psnr(
 
     Same arguments as :func:`bd_rate`; rates must be distinct per curve.
     """
-    for r in (rate_anchor, rate_test):
-        if np.any(np.asarray(r, dtype=np.float64) <= 0):
-            raise ValueError("rates must be > 0")
-    la, qa = _points(np.log(rate_anchor), quality_anchor, "anchor")
-    lt, qt = _points(np.log(rate_test), quality_test, "test")
+    la, lt = _log_rates(rate_anchor, rate_test)
+    la, qa = _points(la, quality_anchor, "anchor")
+    lt, qt = _points(lt, quality_test, "test")
     return float(_mean_difference(la, qa, lt, qt, method))

@@ -8,7 +8,7 @@ offline) into the ``-lora`` model; the adapters start empty.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 from torch.hub import load_state_dict_from_url
 
@@ -25,6 +25,7 @@ from ..models import (
 )
 
 __all__ = [
+    "image_models",
     "model_architectures",
     "bmshj2018_factorized_lora",
     "bmshj2018_hyperprior_lora",
@@ -95,77 +96,37 @@ def _load_model(
     return model
 
 
-def bmshj2018_factorized_lora(
-    quality, metric="mse", pretrained=False, progress=True, **kwargs
-):
-    """bmshj2018-factorized with instance adaptation (see ``FactorizedPriorLoRA``).
+def _factory(arch: str, cls_name: str, max_quality: int) -> Callable[..., Any]:
+    """The zoo function of ``arch``, with the host's signature."""
+
+    def factory(quality, metric="mse", pretrained=False, progress=True, **kwargs):
+        return _load_model(arch, metric, quality, pretrained, progress, **kwargs)
+
+    factory.__name__ = factory.__qualname__ = arch.replace("-", "_")
+    factory.__doc__ = f"""{arch[: -len("-lora")]} with instance adaptation
+    (``{cls_name}``).
 
     Args:
-        quality (int): Quality levels (1: lowest, highest: 8)
+        quality (int): Quality levels (1: lowest, highest: {max_quality})
         metric (str): Optimized metric, choose from ('mse', 'ms-ssim')
         pretrained (bool): If True, loads the host's pre-trained base weights
         progress (bool): If True, displays a progress bar of the download to stderr
         **kwargs: ``adapt=AdaptConfig(...)`` and/or AdaptConfig fields
             (``refine_steps=100``, ``rank=2``...), then host model options
     """
-    return _load_model(
-        "bmshj2018-factorized-lora", metric, quality, pretrained, progress, **kwargs
-    )
+    return factory
 
 
-def bmshj2018_hyperprior_lora(
-    quality, metric="mse", pretrained=False, progress=True, **kwargs
-):
-    """bmshj2018-hyperprior with instance adaptation (``ScaleHyperpriorLoRA``).
-
-    Args: as :func:`bmshj2018_factorized_lora` (quality 1-8).
-    """
-    return _load_model(
-        "bmshj2018-hyperprior-lora", metric, quality, pretrained, progress, **kwargs
-    )
-
-
-def mbt2018_mean_lora(quality, metric="mse", pretrained=False, progress=True, **kwargs):
-    """mbt2018-mean with instance adaptation (``MeanScaleHyperpriorLoRA``).
-
-    Args: as :func:`bmshj2018_factorized_lora` (quality 1-8).
-    """
-    return _load_model(
-        "mbt2018-mean-lora", metric, quality, pretrained, progress, **kwargs
-    )
-
-
-def mbt2018_lora(quality, metric="mse", pretrained=False, progress=True, **kwargs):
-    """mbt2018 with instance adaptation (``JointAutoregressiveHierarchicalPriorsLoRA``).
-
-    Args: as :func:`bmshj2018_factorized_lora` (quality 1-8).
-    """
-    return _load_model("mbt2018-lora", metric, quality, pretrained, progress, **kwargs)
-
-
-def cheng2020_anchor_lora(
-    quality, metric="mse", pretrained=False, progress=True, **kwargs
-):
-    """cheng2020-anchor with instance adaptation (``Cheng2020AnchorLoRA``).
-
-    Args: as :func:`bmshj2018_factorized_lora` (quality 1-6).
-    """
-    return _load_model(
-        "cheng2020-anchor-lora", metric, quality, pretrained, progress, **kwargs
-    )
-
-
-def cheng2020_attn_lora(
-    quality, metric="mse", pretrained=False, progress=True, **kwargs
-):
-    """cheng2020-attn with instance adaptation (``Cheng2020AttentionLoRA``).
-
-    Args: as :func:`bmshj2018_factorized_lora` (quality 1-6).
-    """
-    return _load_model(
-        "cheng2020-attn-lora", metric, quality, pretrained, progress, **kwargs
-    )
-
+bmshj2018_factorized_lora = _factory(
+    "bmshj2018-factorized-lora", "FactorizedPriorLoRA", 8
+)
+bmshj2018_hyperprior_lora = _factory(
+    "bmshj2018-hyperprior-lora", "ScaleHyperpriorLoRA", 8
+)
+mbt2018_mean_lora = _factory("mbt2018-mean-lora", "MeanScaleHyperpriorLoRA", 8)
+mbt2018_lora = _factory("mbt2018-lora", "JointAutoregressiveHierarchicalPriorsLoRA", 8)
+cheng2020_anchor_lora = _factory("cheng2020-anchor-lora", "Cheng2020AnchorLoRA", 6)
+cheng2020_attn_lora = _factory("cheng2020-attn-lora", "Cheng2020AttentionLoRA", 6)
 
 image_models = {
     "bmshj2018-factorized-lora": bmshj2018_factorized_lora,
