@@ -124,8 +124,9 @@ class LoRAModelMixin:
         """
         for path, m in self.adapters().items():
             if m.form == form:
-                m.reset(rank)
+                m.reset(rank)  # unmerges first
                 continue
+            m.unmerge()  # the new adapter must wrap the exact original kernel
             parent_path, _, attr = path.rpartition(".")
             setattr(self.get_submodule(parent_path), attr, LoRAConv(m.base, rank, form))
 
@@ -198,10 +199,6 @@ class LoRAModelMixin:
     def merge_adapters(self) -> None:
         for m in self.adapters().values():
             m.merge()
-
-    def unmerge_adapters(self) -> None:
-        for m in self.adapters().values():
-            m.unmerge()
 
     # -- host API ----------------------------------------------------------
     def host_compress(self, x: Tensor) -> dict[str, Any]:
