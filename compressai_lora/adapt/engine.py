@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .candidates import Candidate, Target, latent_candidate
 from .clock import Deadline
-from .config import AdaptConfig
+from .config import AdaptConfig, resolve_lmbda
 from .latents import analyse
 from .objective import finite
 from .refine import refine_latents
@@ -72,8 +72,9 @@ def pad_to_multiple(x: Tensor, factor: int) -> Tensor:
     return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
-def resolve_lmbda(model, cfg: AdaptConfig) -> float:
-    lmbda = cfg.lmbda if cfg.lmbda is not None else model.default_lmbda
+def _lmbda(model, cfg: AdaptConfig) -> float:
+    """The run's lambda: the config's, else the model's zoo default."""
+    lmbda = resolve_lmbda(cfg.lmbda, meta={"lmbda": model.default_lmbda})
     if lmbda is None:
         raise ValueError(
             "adaptation needs lambda: set AdaptConfig(lmbda=...) (models built "
@@ -100,7 +101,7 @@ def adapt_and_compress(
             f"adaptation works on one image at a time, got input of shape "
             f"{tuple(x.shape)} (expected 1x3xHxW)"
         )
-    lmbda = resolve_lmbda(model, cfg)
+    lmbda = _lmbda(model, cfg)
     if not finite(x):
         raise ValueError("input image contains NaN or inf")
     left, right, top, bottom = padding
