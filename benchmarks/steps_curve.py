@@ -157,6 +157,14 @@ def main(argv: list[str]) -> None:
         metavar="LABEL=DIR",
         help="another checkout to measure in the same run",
     )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL=KEY=VALUE[,KEY=VALUE]",
+        help="this checkout with AdaptConfig overrides (JSON values), e.g. "
+        'const=lr_schedule="constant"',
+    )
     p.add_argument("--skip-this", action="store_true", help="only the --code ones")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
@@ -169,9 +177,16 @@ def main(argv: list[str]) -> None:
     if not images:
         p.error("give --images or --dev-set")
     codes = {} if args.skip_this else {"this": ROOT}
+    extra: dict[str, dict] = {label: {} for label in codes}
     for item in args.code:
         label, _, path = item.partition("=")
-        codes[label] = Path(path).resolve()
+        codes[label], extra[label] = Path(path).resolve(), {}
+    for item in args.variant:
+        label, _, settings = item.partition("=")
+        codes[label], extra[label] = ROOT, {}
+        for pair in filter(None, settings.split(",")):
+            key, _, value = pair.partition("=")
+            extra[label][key] = json.loads(value)
     jobs = []
     for label, code in codes.items():
         for img in images:
@@ -184,7 +199,7 @@ def main(argv: list[str]) -> None:
                     "seed": args.seed,
                     "threads": args.threads,
                     "preset": preset,
-                    "overrides": overrides,
+                    "overrides": {**overrides, **extra[label]},
                 }
                 cache = (
                     args.out / "jobs" / label / f"{img.parent.name}-{img.stem}-{s}.json"

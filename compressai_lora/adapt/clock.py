@@ -1,11 +1,15 @@
-"""The adaptation's time budget: stop before a step that would overrun it."""
+"""The adaptation's time budget and the learning-rate schedule of a phase."""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Optional
 
-__all__ = ["Deadline"]
+__all__ = ["LR_FLOOR", "Deadline", "lr_factor", "set_lr"]
+
+#: the cosine schedule ends at this fraction of the phase's learning rate
+LR_FLOOR = 0.1
 
 
 class Deadline:
@@ -18,6 +22,7 @@ class Deadline:
 
     def __init__(self, seconds: Optional[float]):
         now = time.perf_counter()
+        self.start = now
         self.end = None if seconds is None else now + seconds
         self._last = now
         self._longest = 0.0
@@ -32,3 +37,24 @@ class Deadline:
         if self.end is None:
             return False
         return time.perf_counter() + self._longest > self.end
+
+    def fraction(self) -> float:
+        """Share of the budget used so far (0 without a budget)."""
+        if self.end is None:
+            return 0.0
+        span = self.end - self.start
+        return 1.0 if span <= 0 else min(1.0, (time.perf_counter() - self.start) / span)
+
+
+def lr_factor(schedule: str, done: float) -> float:
+    """Learning-rate multiplier after ``done`` (0..1) of a phase."""
+    if schedule == "constant":
+        return 1.0
+    done = min(max(done, 0.0), 1.0)
+    return LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * done))
+
+
+def set_lr(opt, lr: float) -> None:
+    """Set every parameter group of ``opt`` to ``lr``."""
+    for group in opt.param_groups:
+        group["lr"] = lr

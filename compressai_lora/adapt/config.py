@@ -6,7 +6,19 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
-__all__ = ["AdaptConfig", "LAMBDAS", "lmbda_for", "resolve_lmbda", "PRESETS"]
+__all__ = [
+    "AdaptConfig",
+    "LAMBDAS",
+    "LR_SCHEDULES",
+    "lmbda_for",
+    "resolve_lmbda",
+    "PRESETS",
+]
+
+#: learning-rate schedules of a phase: "cosine" decays from the phase's rate to
+#: a tenth of it over the phase (its steps, or its time budget when that ends
+#: it first); "constant" keeps it (the first release's)
+LR_SCHEDULES = ("cosine", "constant")
 
 #: CompressAI's training lambdas per quality level (mse / ms-ssim).
 LAMBDAS = {
@@ -70,6 +82,7 @@ class AdaptConfig:
         threads: torch threads while optimizing (None: leave torch's setting)
         patience: stop a phase after this many steps without a better loss
             (0: never stop early)
+        lr_schedule: learning rate over each phase, one of ``LR_SCHEDULES``
         time_budget: seconds for both phases together (None: no limit); the
             phases split it in proportion to their steps, stop before a step
             that would overrun it, and send the best found so far.  Unlike
@@ -93,6 +106,7 @@ class AdaptConfig:
     seed: int = 0
     threads: Optional[int] = None
     patience: int = 30
+    lr_schedule: str = "cosine"
     time_budget: Optional[float] = None
     callback: Optional[Callable[[dict[str, Any]], None]] = field(
         default=None, compare=False, repr=False
@@ -111,6 +125,10 @@ class AdaptConfig:
             raise ValueError(f"step_code must be in [0, 255], got {self.step_code}")
         if self.metric not in LAMBDAS:
             raise ValueError(f'Invalid metric "{self.metric}"')
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f'Unknown lr_schedule "{self.lr_schedule}", choose from {LR_SCHEDULES}'
+            )
         if self.lmbda is not None and not self.lmbda > 0:
             raise ValueError(f"lmbda must be > 0, got {self.lmbda}")
         if self.time_budget is not None and not self.time_budget > 0:

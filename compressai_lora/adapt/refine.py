@@ -1,5 +1,7 @@
 """Phase 1: latent refinement with SGA under the RD loss, network frozen.
 
+The learning rate follows ``cfg.lr_schedule`` over the phase.
+
 For the autoregressive models the entropy model's context is anchored on the
 serial decoder's ``y_hat``: at every checkpoint (every ``EVAL_EVERY`` steps)
 an exact serial pass gives the ``y_hat`` the decoder will compute, and the
@@ -16,7 +18,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from .clock import Deadline
+from .clock import Deadline, lr_factor, set_lr
 from .latents import decoder_context, is_autoregressive, latent_terms
 from .objective import crop_to, distortion, diverged, finite, progress, rate_bpp, sane
 from .sga import sga_round, temperature
@@ -92,6 +94,8 @@ def refine_latents(
             t -= 1
             break
         tau = temperature(t, steps)
+        done = max(t / max(steps - 1, 1), deadline.fraction())
+        set_lr(opt, cfg.refine_lr * lr_factor(cfg.lr_schedule, done))
         loss, bpp, x_hat = loss_fn(lambda v: sga_round(v, tau, gen))
         if not finite(loss):
             stats["diverged"] = diverged("refine", t, "non-finite loss")

@@ -10,10 +10,11 @@ decoder sees (the refined candidate's), with its bits in the loss.
    stays open if removing it costs (``dJ > 0``); ``stats["gates"]`` records
    each decision and its ``dJ``.  Deterministic: no gate network, no random
    draw.
-3. The open layers train on; every ``EVAL_EVERY`` steps the update is coded
-   for real and the lowest real ``J`` is kept (``cfg.patience`` steps without
-   a better one end the phase).  A greedy pass on real costs then closes the
-   layers that no longer pay.
+3. The open layers train on, the learning rate following
+   ``cfg.lr_schedule`` over the rest of the phase; every ``EVAL_EVERY`` steps
+   the update is coded for real and the lowest real ``J`` is kept
+   (``cfg.patience`` steps without a better one end the phase).  A greedy
+   pass on real costs then closes the layers that no longer pay.
 
 Only ``g_s`` runs, and its blocks before the first open adapter are cached.
 """
@@ -29,7 +30,7 @@ from torch import Tensor
 from .. import update_stream
 from ..priors import tensor_bits
 from .candidates import Candidate, Target, prune_by_real_cost, update_candidate
-from .clock import Deadline
+from .clock import Deadline, lr_factor, set_lr
 from .objective import crop_to, distortion, diverged, finite, progress, sane
 
 __all__ = ["EVAL_EVERY", "UpdateTrainer", "first_adapted_block"]
@@ -190,6 +191,10 @@ class UpdateTrainer:
                 if not self.open:
                     break
                 split, feat = self._prefix()
+            if t >= warmup:  # the warm-up trains at the full rate
+                done = (t - warmup) / max(cfg.adapt_steps - warmup - 1, 1)
+                done = max(done, deadline.fraction())
+                set_lr(self.opt, cfg.adapt_lr * lr_factor(cfg.lr_schedule, done))
             with self.installed():
                 loss, bpp, x_hat = self._loss(split, feat)
             if not finite(loss):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..adapt.config import PRESETS, AdaptConfig
+from ..adapt.config import LR_SCHEDULES, PRESETS, AdaptConfig
 from ..host import ArgumentGroup
 from ..layers import UPDATE_FORMS
 
@@ -24,6 +24,7 @@ _FIELDS = {
     "adapt_steps": "adapt_steps",
     "refine_lr": "refine_lr",
     "adapt_lr": "adapt_lr",
+    "lr_schedule": "lr_schedule",
     "rank": "rank",
     "form": "form",
     "lmbda": "lmbda",
@@ -70,6 +71,12 @@ def add_adaptation_args(parser: argparse.ArgumentParser) -> ArgumentGroup:
     )
     g.add_argument(
         "--adapt-lr", type=float, metavar="LR", help="learning rate of the update"
+    )
+    g.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        help="learning rate over each phase: cosine decay to a tenth, or "
+        "constant (default: cosine)",
     )
     g.add_argument("--rank", type=int, metavar="R", help="rank of the decoder update")
     g.add_argument("--form", choices=UPDATE_FORMS, help="update form of the adapters")
