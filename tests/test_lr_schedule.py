@@ -1,0 +1,68 @@
+"""The learning-rate schedule of each adaptation phase."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from test_determinism import _image, _model  # noqa: E402  (same directory)
+
+from compressai_lora.adapt import AdaptConfig, clock, refine, update
+from compressai_lora.adapt.clock import LR_FLOOR, Deadline, lr_factor
+
+
+def test_cosine_runs_from_one_to_the_floor_and_never_rises():
+    values = [lr_factor("cosine", t / 99) for t in range(100)]
+    assert values[0] == 1.0 and values[-1] == pytest.approx(LR_FLOOR)
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert lr_factor("cosine", 0.5) == pytest.approx((1 + LR_FLOOR) / 2)
+    assert lr_factor("cosine", 2.0) == pytest.approx(LR_FLOOR)  # clamped
+    assert {lr_factor("constant", t / 9) for t in range(10)} == {1.0}
+
+
+def test_unknown_schedule_is_refused():
+    with pytest.raises(ValueError, match="lr_schedule"):
+        AdaptConfig(lr_schedule="linear")
+
+
+def test_budget_fraction_grows_with_time():
+    assert Deadline(None).fraction() == 0.0
+    d = Deadline(0.2)
+    first = d.fraction()
+    time.sleep(0.05)
+    assert 0.0 <= first < d.fraction() < 1.0
+    time.sleep(0.2)
+    assert d.fraction() == 1.0
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_each_phase_follows_its_schedule(monkeypatch, schedule):
+    seen: list[tuple[str, float]] = []
+
+    def recording(module):
+        def set_lr(opt, lr):
+            seen.append((module, lr))
+            clock.set_lr(opt, lr)
+
+        return set_lr
+
+    monkeypatch.setattr(refine, "set_lr", recording("refine"))
+    monkeypatch.setattr(update, "set_lr", recording("adapt"))
+    model = _model("bmshj2018-hyperprior-lora")
+    cfg = AdaptConfig(
+        refine_steps=12, adapt_steps=14, gate_steps=4, patience=0,
+        refine_lr=0.02, adapt_lr=0.01, lmbda=0.01, lr_schedule=schedule,
+    )  # fmt: skip
+    model.adapt_config = cfg
+    with torch.no_grad():
+        model.compress(_image(3))
+    for phase, lr, steps in (("refine", 0.02, 12), ("adapt", 0.01, 14 - 4)):
+        rates = [r for p, r in seen if p == phase]
+        assert len(rates) == steps
+        assert rates[0] == pytest.approx(lr)
+        if schedule == "constant":
+            assert rates == pytest.approx([lr] * steps)
+        else:
+            assert rates[-1] == pytest.approx(lr * LR_FLOOR)
+            assert all(a >= b for a, b in zip(rates, rates[1:]))
