@@ -89,7 +89,7 @@ def dev_set(data: Path, out: Path) -> list[Path]:
     """First 2 sorted images of each out-of-domain domain and of Kodak, 256 px
     centre crops (the bench's subset rule), written to ``out``."""
     sys.path.insert(0, str(ROOT))
-    from compressai_lora.utils.bench.__main__ import plan_subset, write_subset
+    from compressai_lora.utils.bench.subset import plan_subset, write_subset
 
     ns = argparse.Namespace(full=False, images_per_domain=2, crop=256, data=data)
     subset = plan_subset(ns, ("kodak", *OOD))

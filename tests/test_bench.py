@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from compressai_lora.utils.bd import bd_psnr, bd_rate
 from compressai_lora.utils.bench import __main__ as bench
 
 LAYER = "g_s.1.conv1"
@@ -153,6 +154,17 @@ def test_aggregate_domain_bd_rate():
     assert "rate points" in short["bd_rate"]["full"]["why"]
 
 
+def test_bd_rate_undefined_says_why():
+    """4 rate points whose PSNR ranges do not overlap: None, and the reason."""
+    rate_points = _domain(0.9)
+    for records in rate_points:  # the update 60 dB higher: no shared range
+        records[0]["stats"]["dist"]["update"] /= 1e6
+    d = bench.aggregate_domain(rate_points)
+    assert d["bd_rate"]["full"]["value"] is None
+    assert d["bd_rate"]["full"]["why"]["value"] == "the two curves do not overlap"
+    assert d["bd_rate"]["refine"]["value"] == pytest.approx(0.0, abs=1e-9)
+
+
 def test_summarize_and_markdown():
     domains = {}
     for name, factor in (("kodak", 1.0), ("pixel", 0.8), ("screen", 0.9)):
@@ -223,11 +235,58 @@ def test_prepare_subset_first_sorted_centre_crop(tmp_path):
     ]
 
 
+def test_crops_of_16_bit_grayscale_keep_its_range(tmp_path):
+    """A 16-bit source is scaled to 8 bits (Pillow's convert("RGB") clips it)."""
+    data = tmp_path / "data"
+    src = data / "ood" / "line" / "g16.png"
+    src.parent.mkdir(parents=True)
+    ramp = np.linspace(0, 65535, 80 * 60).round().astype(np.uint16).reshape(80, 60)
+    Image.fromarray(ramp).save(src)
+    with Image.open(src) as img:
+        assert img.mode.startswith("I")  # stored as 16 bits
+    args = bench.setup_args().parse_args(
+        ["--data", str(data), "-o", str(tmp_path / "out"), "--crop", "50"]
+    )
+    assert bench.prepare_subset(args, ["line"])["line"][0]["box"] == [5, 15, 55, 65]
+    with Image.open(tmp_path / "out" / "images" / "line" / "g16.png") as img:
+        assert img.mode == "RGB"
+        crop = np.asarray(img)
+    gray = np.rint(ramp[15:65, 5:55] * (255 / 65535)).astype(np.uint8)
+    assert np.array_equal(crop, np.repeat(gray[:, :, None], 3, axis=2))
+    assert crop.min() < 64 and crop.max() > 192  # the range, not clipped to 255
+
+
 def test_missing_domain_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         bench.main(["--data", str(tmp_path), "-o", str(tmp_path / "out")])
     assert exc.value.code == 1
     assert capsys.readouterr().err.startswith("Error: ")
+
+
+@pytest.mark.parametrize("failure", ["cli", "oserror", "argparse"])
+def test_eval_model_failure_is_a_bench_error(monkeypatch, capsys, failure):
+    from compressai_lora.utils.bench import evaluation
+    from compressai_lora.utils.bench.errors import BenchError
+    from compressai_lora.utils.eval_model import CLIError
+    from compressai_lora.utils.eval_model import __main__ as eval_model
+
+    def evaluate(argv):
+        if failure == "cli":
+            raise CLIError("no checkpoint given (-p)")
+        if failure == "oserror":
+            raise OSError(28, "No space left on device", "out/a.json")
+        raise SystemExit(2)
+
+    monkeypatch.setattr(eval_model, "evaluate", evaluate)
+    with pytest.raises(BenchError) as exc:
+        evaluation.run_eval_model(["checkpoint", "imgs"])
+    status = 2 if failure == "argparse" else 1
+    assert str(exc.value) == f"eval_model exited with status {status}: checkpoint imgs"
+    err = capsys.readouterr().err
+    if failure == "cli":
+        assert err == "Error: no checkpoint given (-p)\n"
+    elif failure == "oserror":
+        assert err == "Error: cannot access out/a.json: No space left on device\n"
 
 
 # -- end to end --------------------------------------------------------------
@@ -248,6 +307,23 @@ def _checkpoints(folder: Path) -> list[Path]:
         torch.save({"state_dict": net.state_dict(), "meta": {"lmbda": lmbda}}, path)
         paths.append(path)
     return paths
+
+
+def _check_bd(d: dict) -> None:
+    """BD-rate of 4 rate points: finite, and bd_rate of the curves in results.json;
+    BD-PSNR: bd_psnr of the curves, or None with the reason."""
+    base = d["curves"]["base"]
+    for m in ("refine", "full"):
+        c, bd = d["curves"][m], d["bd_rate"][m]
+        args = (base["bpp"], base["psnr-rgb"], c["bpp"], c["psnr-rgb"])
+        assert isinstance(bd["value"], float) and math.isfinite(bd["value"]), bd
+        assert bd["value"] == pytest.approx(bd_rate(*args), rel=1e-12)
+        try:
+            expected = bd_psnr(*args)
+        except ValueError as err:
+            assert bd["psnr"] is None and bd["why"]["psnr"] == str(err), bd
+        else:
+            assert bd["psnr"] == pytest.approx(expected, rel=1e-12), bd
 
 
 @pytest.mark.slow
@@ -274,10 +350,7 @@ def test_end_to_end(tmp_path, capsys):
         assert d["sizes"] == [[64, 64]]
         assert "problems" not in d
         assert d["time"]["base_encode"] < d["time"]["encode"]  # adaptation
-        for m in ("refine", "full"):
-            for key in ("value", "psnr"):
-                value = d["bd_rate"][m][key]
-                assert value is None or math.isfinite(value)
+        _check_bd(d)
         for row in d["rate_points"]:
             for m in bench.METHODS:
                 assert row[m]["bpp"] > 0 and math.isfinite(row[m]["psnr-rgb"])
