@@ -9,14 +9,16 @@ import torch
 from test_determinism import _image, _model  # noqa: E402  (same directory)
 
 from compressai_lora.adapt import AdaptConfig, clock, refine, update
-from compressai_lora.adapt.clock import LR_FLOOR, Deadline, lr_factor
+from compressai_lora.adapt.clock import LR_FLOOR, LR_HOLD, Deadline, lr_factor
 
 
-def test_cosine_runs_from_one_to_the_floor_and_never_rises():
+def test_cosine_holds_then_runs_to_the_floor_and_never_rises():
     values = [lr_factor("cosine", t / 99) for t in range(100)]
     assert values[0] == 1.0 and values[-1] == pytest.approx(LR_FLOOR)
     assert all(a >= b for a, b in zip(values, values[1:]))
-    assert lr_factor("cosine", 0.5) == pytest.approx((1 + LR_FLOOR) / 2)
+    assert lr_factor("cosine", LR_HOLD) == 1.0 > lr_factor("cosine", LR_HOLD + 0.01)
+    half_way = LR_HOLD + (1 - LR_HOLD) / 2
+    assert lr_factor("cosine", half_way) == pytest.approx((1 + LR_FLOOR) / 2)
     assert lr_factor("cosine", 2.0) == pytest.approx(LR_FLOOR)  # clamped
     assert {lr_factor("constant", t / 9) for t in range(10)} == {1.0}
 

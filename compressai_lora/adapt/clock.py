@@ -6,9 +6,11 @@ import math
 import time
 from typing import Optional
 
-__all__ = ["LR_FLOOR", "Deadline", "lr_factor", "set_lr"]
+__all__ = ["LR_FLOOR", "LR_HOLD", "Deadline", "lr_factor", "set_lr"]
 
-#: the cosine schedule ends at this fraction of the phase's learning rate
+#: the cosine schedule holds the phase's learning rate for this share of it,
+#: then decays it to ``LR_FLOOR`` times that rate at its end
+LR_HOLD = 0.5
 LR_FLOOR = 0.1
 
 
@@ -50,7 +52,7 @@ def lr_factor(schedule: str, done: float) -> float:
     """Learning-rate multiplier after ``done`` (0..1) of a phase."""
     if schedule == "constant":
         return 1.0
-    done = min(max(done, 0.0), 1.0)
+    done = min(max((done - LR_HOLD) / (1 - LR_HOLD), 0.0), 1.0)
     return LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * done))
 
 

@@ -15,9 +15,10 @@ __all__ = [
     "PRESETS",
 ]
 
-#: learning-rate schedules of a phase: "cosine" decays from the phase's rate to
-#: a tenth of it over the phase (its steps, or its time budget when that ends
-#: it first); "constant" keeps it (the first release's)
+#: learning-rate schedules of a phase: "cosine" holds the phase's rate for the
+#: first half of the phase (its steps, or its time budget when that ends it
+#: first), then decays it to a tenth along a half cosine; "constant" keeps it
+#: (the first release's)
 LR_SCHEDULES = ("cosine", "constant")
 
 #: CompressAI's training lambdas per quality level (mse / ms-ssim).
