@@ -27,7 +27,7 @@ quality gives exactly ``(k - 1) * 100`` percent with either method.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy.interpolate import PchipInterpolator
@@ -85,13 +85,32 @@ def _mean_difference(xa, ya, xt, yt, method: str) -> float:
     return (integral(xt, yt, lo, hi) - integral(xa, ya, lo, hi)) / (hi - lo)
 
 
-def bd_rate(
-    rate_anchor: Sequence[float],
-    quality_anchor: Sequence[float],
-    rate_test: Sequence[float],
-    quality_test: Sequence[float],
-    method: str = "pchip",
-) -> float:
+def _bd_function(delta: str, doc: str) -> Callable[..., float]:
+    """``bd_rate`` (``delta="rate"``) or ``bd_psnr`` (``"psnr"``), one signature."""
+
+    def bd(
+        rate_anchor: Sequence[float],
+        quality_anchor: Sequence[float],
+        rate_test: Sequence[float],
+        quality_test: Sequence[float],
+        method: str = "pchip",
+    ) -> float:
+        la, lt = _log_rates(rate_anchor, rate_test)
+        if delta == "psnr":  # quality as a function of log-rate
+            la, qa = _points(la, quality_anchor, "anchor")
+            lt, qt = _points(lt, quality_test, "test")
+            return float(_mean_difference(la, qa, lt, qt, method))
+        qa, la = _points(quality_anchor, la, "anchor")
+        qt, lt = _points(quality_test, lt, "test")
+        return float((np.exp(_mean_difference(qa, la, qt, lt, method)) - 1) * 100)
+
+    bd.__name__ = bd.__qualname__ = f"bd_{delta}"
+    bd.__doc__ = doc
+    return bd
+
+
+bd_rate = _bd_function(
+    "rate",
     """Average rate difference of the test curve vs the anchor, in percent.
 
     Args:
@@ -104,25 +123,12 @@ def bd_rate(
     Raises:
         ValueError: fewer than 4 points, non-positive rates, repeated
             qualities, or curves whose quality ranges do not overlap.
-    """
-    la, lt = _log_rates(rate_anchor, rate_test)
-    qa, la = _points(quality_anchor, la, "anchor")
-    qt, lt = _points(quality_test, lt, "test")
-    return float((np.exp(_mean_difference(qa, la, qt, lt, method)) - 1) * 100)
-
-
-def bd_psnr(
-    rate_anchor: Sequence[float],
-    quality_anchor: Sequence[float],
-    rate_test: Sequence[float],
-    quality_test: Sequence[float],
-    method: str = "pchip",
-) -> float:
+    """,
+)
+bd_psnr = _bd_function(
+    "psnr",
     """Average quality difference (dB) of the test curve vs the anchor.
 
     Same arguments as :func:`bd_rate`; rates must be distinct per curve.
-    """
-    la, lt = _log_rates(rate_anchor, rate_test)
-    la, qa = _points(la, quality_anchor, "anchor")
-    lt, qt = _points(lt, quality_test, "test")
-    return float(_mean_difference(la, qa, lt, qt, method))
+    """,
+)
