@@ -6,9 +6,11 @@ Tiny runs (N=8, 64x64 patches from ``samples/``): a few seconds in all.
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from compressai.zoo.image import model_architectures as host_architectures
+from PIL import Image
 
 import compressai_lora
 from compressai_lora.adapt import AdaptConfig
@@ -20,7 +22,7 @@ from compressai_lora.checkpoint import (
     sha256,
 )
 from compressai_lora.host import ENTROPY_BUFFERS
-from compressai_lora.utils.train.__main__ import main
+from compressai_lora.utils.train.__main__ import ImageBank, main
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 TINY = ["-N", "8", "--patch-size", "64", "--batch-size", "2", "--quiet"]
@@ -184,3 +186,11 @@ def test_bad_settings(tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(base + argv)
         assert message in capsys.readouterr().err
+
+
+def test_16_bit_images_keep_their_range(tmp_path):
+    """A 16-bit grayscale PNG is scaled to 8 bits, not clipped at 255."""
+    Image.fromarray(np.full((64, 64), 30000, dtype=np.uint16)).save(tmp_path / "g.png")
+    bank = ImageBank(tmp_path, (64, 64))
+    assert bank.images[0].shape == (3, 64, 64)
+    assert bank.images[0].unique().tolist() == [round(30000 / 257)]  # 117
