@@ -1,11 +1,7 @@
 """Training tool for base codecs: ``python -m compressai_lora.utils.train``.
 
-See ``docs/training.md``.  Checkpoints are read back with
-:func:`compressai_lora.checkpoint.load_state_dict` (float32, also for
-half-stored files), re-exported here as ``load_checkpoint``.
+See ``docs/training.md``.  Its checkpoints are written with
+:func:`compressai_lora.checkpoint.save_checkpoint` and read back with
+:func:`compressai_lora.checkpoint.load_state_dict_and_meta` (float32, also
+for half-stored files).
 """
-
-from ...checkpoint import load_state_dict as load_checkpoint
-from ...checkpoint import save_checkpoint
-
-__all__ = ["load_checkpoint", "save_checkpoint"]
