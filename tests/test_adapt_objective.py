@@ -124,3 +124,26 @@ def test_budget_is_a_config_field_and_a_flag():
     assert cfg.time_budget == 30.0
     with pytest.raises(ValueError, match="time_budget"):
         AdaptConfig(time_budget=0)
+
+
+def test_budget_that_ends_the_warm_up_codes_the_update_once(monkeypatch):
+    from compressai_lora.adapt import update
+
+    codings = []
+    real = update.update_candidate
+    monkeypatch.setattr(
+        update, "update_candidate", lambda *a, **k: codings.append(1) or real(*a, **k)
+    )
+    model, x = _model("bmshj2018-hyperprior-lora"), _image(0)
+    model.adapt_config = model.adapt_config.replace(
+        refine_steps=5, adapt_steps=100_000, gate_steps=100_000, time_budget=1.0
+    )
+    with torch.no_grad():
+        model.compress(x)
+    stats = model.last_adaptation
+    assert stats["stopped"][-1]["phase"] == "adapt"
+    gates = stats["gates"]
+    assert gates and all(
+        g == {"open": True, "dJ": None, "by": "budget"} for g in gates.values()
+    )
+    assert len(codings) == 1  # not once per layer

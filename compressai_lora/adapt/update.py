@@ -9,7 +9,8 @@ decoder sees (the refined candidate's), with its bits in the loss.
    compared with the real ``J`` with it (backward elimination).  A layer
    stays open if removing it costs (``dJ > 0``); ``stats["gates"]`` records
    each decision and its ``dJ``.  Deterministic: no gate network, no random
-   draw.
+   draw.  When the time budget ends the warm-up, the warm update of every
+   layer is coded once instead (``dJ`` None, ``"by": "budget"``).
 3. The open layers train on, the learning rate following
    ``cfg.lr_schedule`` over the rest of the phase; every ``EVAL_EVERY`` steps
    the update is coded for real and the lowest real ``J`` is kept
@@ -182,7 +183,9 @@ class UpdateTrainer:
                     "step": t,
                     "reason": "budget",
                 }
-                if "gates" in self.stats and self.open:
+                if "gates" not in self.stats:  # no time for the per-layer checks
+                    best = self._undecided()
+                elif self.open:
                     best = self._better(best)
                 t -= 1
                 break
@@ -238,6 +241,17 @@ class UpdateTrainer:
             self.model, self.refined, best, cfg.step_code, self.target
         )
         return final, self.stats
+
+    def _undecided(self) -> Optional[Candidate]:
+        """The warm update of every layer, coded once: the budget ended the
+        warm-up, and the per-layer checks would code it once per layer more."""
+        self.stats["gates"] = {
+            self.names[i]: {"open": True, "dJ": None, "by": "budget"}
+            for i in self.open
+        }
+        current = self.real(self.open)
+        self.stats["gates_J"] = None if current is None else current.J
+        return current
 
     def _better(self, best: Optional[Candidate]) -> Optional[Candidate]:
         """The open layers' current update, coded for real, if it beats ``best``."""
