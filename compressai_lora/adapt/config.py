@@ -15,11 +15,12 @@ __all__ = [
     "PRESETS",
 ]
 
-#: learning-rate schedules of a phase: "cosine" holds the phase's rate for the
-#: first half of the phase (its steps, or its time budget when that ends it
-#: first), then decays it to a tenth along a half cosine; "constant" keeps it
-#: (the first release's)
-LR_SCHEDULES = ("cosine", "constant")
+#: learning-rate schedules of a phase: "constant" keeps the phase's rate (the
+#: default: on the 14 dev crops it did as well at 50+100 and 300+300 steps and
+#: better at 20+30, docs/RESULTS.md); "cosine" holds it for the first half of
+#: the phase (its steps, or its time budget when that ends it first), then
+#: decays it to a tenth along a half cosine
+LR_SCHEDULES = ("constant", "cosine")
 
 #: CompressAI's training lambdas per quality level (mse / ms-ssim).
 LAMBDAS = {
@@ -107,7 +108,7 @@ class AdaptConfig:
     seed: int = 0
     threads: Optional[int] = None
     patience: int = 30
-    lr_schedule: str = "cosine"
+    lr_schedule: str = "constant"
     time_budget: Optional[float] = None
     callback: Optional[Callable[[dict[str, Any]], None]] = field(
         default=None, compare=False, repr=False
