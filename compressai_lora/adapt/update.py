@@ -246,8 +246,7 @@ class UpdateTrainer:
         """The warm update of every layer, coded once: the budget ended the
         warm-up, and the per-layer checks would code it once per layer more."""
         self.stats["gates"] = {
-            self.names[i]: {"open": True, "dJ": None, "by": "budget"}
-            for i in self.open
+            self.names[i]: {"open": True, "dJ": None, "by": "budget"} for i in self.open
         }
         current = self.real(self.open)
         self.stats["gates_J"] = None if current is None else current.J
