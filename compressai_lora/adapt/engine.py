@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .candidates import Candidate, Target, latent_candidate
 from .clock import Deadline
-from .config import AdaptConfig, resolve_lmbda
+from .config import AdaptConfig
 from .latents import analyse
 from .objective import finite
 from .refine import refine_latents
@@ -74,7 +74,7 @@ def pad_to_multiple(x: Tensor, factor: int) -> Tensor:
 
 def _lmbda(model, cfg: AdaptConfig) -> float:
     """The run's lambda: the config's, else the model's zoo default."""
-    lmbda = resolve_lmbda(cfg.lmbda, meta={"lmbda": model.default_lmbda})
+    lmbda = cfg.lmbda if cfg.lmbda is not None else model.default_lmbda
     if lmbda is None:
         raise ValueError(
             "adaptation needs lambda: set AdaptConfig(lmbda=...) (models built "
