@@ -3,6 +3,7 @@
 Tiny runs (N=8, 64x64 patches from ``samples/``): a few seconds in all.
 """
 
+import inspect
 import json
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from compressai_lora.checkpoint import (
 )
 from compressai_lora.host import ENTROPY_BUFFERS
 from compressai_lora.utils.train.__main__ import ImageBank, main
+from compressai_lora.utils.train.models import base_architectures, build_model
+from compressai_lora.utils.train.quantizer import decoder_quantizer
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 TINY = ["-N", "8", "--patch-size", "64", "--batch-size", "2", "--quiet"]
@@ -41,6 +44,10 @@ def host_load_checkpoint():
 def train(out: Path, *args: str) -> dict:
     argv = ["-d", str(SAMPLES), "--output-dir", str(out), *TINY, *args]
     return main(argv)
+
+
+def model_size_params(arch: str):
+    return inspect.signature(base_architectures()[arch].__init__).parameters
 
 
 def _entropy_keys(state_dict):
@@ -194,3 +201,64 @@ def test_16_bit_images_keep_their_range(tmp_path):
     bank = ImageBank(tmp_path, (64, 64))
     assert bank.images[0].shape == (3, 64, 64)
     assert bank.images[0].unique().tolist() == [round(30000 / 257)]  # 117
+
+
+@pytest.mark.parametrize("arch", sorted(base_architectures()))
+def test_ste_quantizer_feeds_g_s_the_decoders_latents(arch):
+    """``ste``: g_s decodes round(y - mu) + mu, the rate is still the noisy one."""
+    torch.manual_seed(0)
+    net = build_model(arch, 8, 8 if "M" in model_size_params(arch) else None)
+    net.train()
+    x = torch.rand(1, 3, 64, 64)
+    seen: dict = {}
+    mu_of: dict = {}
+
+    def keep_means(module, args, kwargs):
+        mu_of["mu"] = kwargs.get("means", args[2] if len(args) > 2 else None)
+        mu_of["y"] = args[0].detach()
+
+    def keep_input(module, args):
+        seen.setdefault("in", []).append(args[0])
+
+    outs = {}
+    for kind in ("noise", "ste"):
+        hooks = []
+        if hasattr(net, "gaussian_conditional"):
+            hooks.append(
+                net.gaussian_conditional.register_forward_pre_hook(
+                    keep_means, with_kwargs=True
+                )
+            )
+        torch.manual_seed(1)
+        with decoder_quantizer(net, kind):
+            hooks.append(net.g_s.register_forward_pre_hook(keep_input))
+            outs[kind] = net(x)
+        for h in hooks:
+            h.remove()
+        v = seen["in"][-1]
+        y = net.g_a(x).detach() if "y" not in mu_of else mu_of["y"]
+        if kind == "ste":
+            mu = mu_of.get("mu")
+            if not hasattr(net, "gaussian_conditional"):
+                mu = net.entropy_bottleneck._get_medians().detach()
+            q = torch.round(y) if mu is None else torch.round(y - mu) + mu
+            assert torch.allclose(v, q, atol=1e-5)
+            v.sum().backward()  # straight through: the encoder gets a gradient
+            assert next(net.g_a.parameters()).grad.abs().sum() > 0
+        else:
+            assert not torch.allclose(v, torch.round(v))
+    for name in outs["noise"]["likelihoods"]:
+        assert torch.equal(
+            outs["noise"]["likelihoods"][name], outs["ste"]["likelihoods"][name]
+        )
+
+
+def test_ste_recipe_is_recorded_and_not_mixed(tmp_path, capsys):
+    arch = ["-m", "bmshj2018-hyperprior", "-M", "8", "-q", "3", "--steps", "2"]
+    info = train(tmp_path, *arch, "--quantizer", "ste")
+    assert info["quantizer"].startswith("g_s decodes round(y - mu) + mu")
+    noise = train(tmp_path / "n", *arch)
+    assert noise["quantizer"].startswith("g_s decodes y + uniform noise")
+    with pytest.raises(SystemExit):  # a noise run does not resume an ste state
+        train(tmp_path, *arch[:-1], "3")
+    assert "quantizer" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import argparse
 
 from .data import DEFAULT_DATA
 from .models import base_architectures
+from .quantizer import QUANTIZERS
 from .records import STATE_SUFFIX
 
 __all__ = ["setup_args"]
@@ -104,6 +105,14 @@ def setup_args() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="model init and batches (default: 0)"
+    )
+    parser.add_argument(
+        "--quantizer",
+        choices=QUANTIZERS,
+        default="noise",
+        help="what g_s decodes while training: noise (CompressAI's y + U(-1/2, "
+        "1/2)) or ste (the real decoder's round(y - mu) + mu, straight-through; "
+        "the rate still from noise) (default: %(default)s)",
     )
     parser.add_argument("--cuda", action="store_true", help="train on the GPU")
     parser.add_argument("--threads", type=int, help="torch CPU threads")

@@ -60,6 +60,7 @@ def run_config(
         "patch": list(args.patch),
         "batch": args.batch_size,
         "seed": args.seed,
+        "quantizer": args.quantizer,
     }
 
 

@@ -32,6 +32,7 @@ from ..paths import output_dir_problem
 from .data import ImageBank, step_generator, step_seed
 from .errors import TrainError
 from .models import build_model, hardware, model_size
+from .quantizer import decoder_quantizer
 from .records import (
     STATE_SUFFIX,
     checkpoint_format,
@@ -127,7 +128,7 @@ class Trainer:
             state = load_file(path)
         except CheckpointError as e:
             raise TrainError(str(e)) from None
-        found = state.get("config", {})
+        found = {"quantizer": "noise", **state.get("config", {})}  # older states
         if found != self.config:
             diff = {
                 k: (found.get(k), v)
@@ -235,6 +236,11 @@ class Trainer:
             "batch": cfg["batch"],
             "patch": p[0] if p[0] == p[1] else p,
             "optimizer": opt,
+            "quantizer": (
+                "g_s decodes round(y - mu) + mu (straight-through), rate from noise"
+                if cfg["quantizer"] == "ste"
+                else "g_s decodes y + uniform noise (CompressAI's default)"
+            ),
             "augmentation": (
                 f"random crops of images resized to <= {args.max_side} px, random "
                 f"rescale {args.scale_min:g}-1.0, horizontal flip"
@@ -262,7 +268,8 @@ class Trainer:
         net.train()
         opt.zero_grad()
         aux_opt.zero_grad()
-        out = self.criterion(net(x), x)
+        with decoder_quantizer(net, args.quantizer):
+            out = self.criterion(net(x), x)
         out["loss"].backward()
         if args.clip_max_norm > 0:
             nn.utils.clip_grad_norm_(net.parameters(), args.clip_max_norm)
