@@ -262,3 +262,35 @@ def test_ste_recipe_is_recorded_and_not_mixed(tmp_path, capsys):
     with pytest.raises(SystemExit):  # a noise run does not resume an ste state
         train(tmp_path, *arch[:-1], "3")
     assert "quantizer" in capsys.readouterr().err
+
+
+def test_init_transforms_carries_g_a_and_g_s_over(tmp_path, capsys):
+    size = ["-M", "8", "-q", "3"]
+    src = train(tmp_path / "m", "-m", "mbt2018-mean", *size, "--steps", "2")
+    ckpt = tmp_path / "m" / src["file"]
+    out = train(
+        tmp_path / "h",
+        *["-m", "bmshj2018-hyperprior", *size, "--steps", "0"],
+        *["--init-transforms", str(ckpt)],
+    )
+    assert out["steps"] == 0 and out["init"]["modules"] == ["g_a", "g_s"]
+    assert out["optimizer"].startswith("g_a and g_s initialized from")
+    a = load_state_dict(ckpt)
+    b = load_state_dict(tmp_path / "h" / out["file"])
+    moved = [k for k in b if k.startswith(("g_a.", "g_s."))]
+    assert moved and all(torch.equal(a[k], b[k]) for k in moved)
+    assert not torch.equal(a["h_a.0.weight"], b["h_a.0.weight"])
+    with pytest.raises(SystemExit):  # other transforms: refused, nothing written
+        train(
+            tmp_path / "c",
+            "-m",
+            "cheng2020-attn",
+            "-q",
+            "3",
+            "--steps",
+            "1",
+            "--init-transforms",
+            str(ckpt),
+        )
+    assert "do not fit" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())

@@ -172,6 +172,13 @@ def setup_args() -> argparse.ArgumentParser:
         "from its meta",
     )
     out.add_argument(
+        "--init-transforms",
+        metavar="CKPT",
+        help="start g_a and g_s from these weights of another architecture with "
+        "the same transforms (mbt2018-mean, bmshj2018-hyperprior, "
+        "bmshj2018-factorized), the rest from scratch; the step count starts at 0",
+    )
+    out.add_argument(
         "--convert",
         help="do not train: rewrite CKPT into OUTPUT_DIR (e.g. --half-storage), "
         "carrying its JSON over",

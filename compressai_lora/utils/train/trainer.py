@@ -46,6 +46,8 @@ from .records import (
 
 __all__ = ["Trainer", "lr_at"]
 
+TRANSFORMS = ("g_a.", "g_s.")  # what --init-transforms carries over
+
 
 def lr_at(step: int, lr: float, drops: Sequence[int], gamma: float) -> float:
     """Learning rate at ``step``: ``lr * gamma ** (drops passed)``."""
@@ -102,8 +104,12 @@ class Trainer:
         self.init: Optional[dict[str, Any]] = None
         if state is not None:
             self._load_state(state)
+        elif args.init and args.init_transforms:
+            raise TrainError("give --init or --init-transforms, not both")
         elif args.init:
             self._load_init(args.init)
+        elif args.init_transforms:
+            self._load_transforms(args.init_transforms)
         self.net.to(self.device)
         self.optimizers = net_aux_optimizer(
             self.net,
@@ -165,6 +171,32 @@ class Trainer:
             "lmbda": meta.get("lmbda"),
         }
 
+    def _load_transforms(self, path: str) -> None:
+        if not Path(path).is_file():
+            raise TrainError(f"--init-transforms: no file {path!r}")
+        state_dict, meta = load_state_dict_and_meta(path)
+        ours = self.net.state_dict()
+        wanted = [k for k in ours if k.startswith(TRANSFORMS)]
+        bad = [
+            k
+            for k in wanted
+            if k not in state_dict or state_dict[k].shape != ours[k].shape
+        ]
+        if bad:
+            raise TrainError(
+                f"--init-transforms {path}: its g_a/g_s do not fit {self.config} "
+                f"(missing or other shape: {', '.join(bad[:4])})"
+            )
+        self.net.load_state_dict({k: state_dict[k] for k in wanted}, strict=False)
+        self.init = {
+            "file": Path(path).name,
+            "sha256": sha256(path),
+            "steps": int(meta.get("steps", 0)),
+            "lmbda": meta.get("lmbda"),
+            "arch": meta.get("arch"),
+            "modules": [t.rstrip(".") for t in TRANSFORMS],
+        }
+
     # -- saving --------------------------------------------------------------
     def save(self, session: dict[str, Any]) -> None:
         """Write the checkpoint, the train state and the JSON of ``session``."""
@@ -203,7 +235,13 @@ class Trainer:
             opt += f" (x{args.lr_gamma:g} from steps {', '.join(map(str, drops))})"
         opt += f"; aux Adam lr {args.aux_learning_rate:g}"
         opt += f"; grad clip {args.clip_max_norm:g}" if args.clip_max_norm else ""
-        if self.init:
+        if self.init and self.init.get("modules"):
+            opt = (
+                f"g_a and g_s initialized from {self.init['file']} "
+                f"({self.init['arch']}, {self.init['steps']} steps), the rest from "
+                f"scratch; {self.step} steps at lambda {cfg['lmbda']:g}, {opt}"
+            )
+        elif self.init:
             opt = (
                 f"fine-tuned from {self.init['file']} ({self.init['steps']} steps) "
                 f"for {self.step - self.init['steps']} steps at lambda "
