@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from PIL import Image
 
 from compressai_lora.utils.bd import bd_psnr, bd_rate
 from compressai_lora.utils.bench import __main__ as bench
+from compressai_lora.utils.bench.errors import BenchError
 
 LAYER = "g_s.1.conv1"
 
@@ -370,3 +372,264 @@ def test_end_to_end(tmp_path, capsys):
     assert exc.value.code == 1
     assert "another subset" in capsys.readouterr().err
     assert crop.read_bytes() == before  # the crops of the first run are kept
+
+
+# -- checkpoints per architecture ----------------------------------------------
+def _touch(folder: Path, *names: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"")
+
+
+def test_checkpoints_found_by_arch_and_quality(tmp_path):
+    from compressai_lora.utils.bench.weights import find_checkpoints
+
+    w = tmp_path / "w"
+    _touch(w, *(f"mbt2018-mean-N64-q{q}.pth.tar" for q in (1, 2, 3, 4)))
+    _touch(w, "mbt2018-N192-q1.pth.tar", "mbt2018-mean-N64-q1.json")
+    _touch(w, "cheng2020-attn-N128-q2.pth.tar", "cheng2020-attn-N64-q12.pth.tar")
+    found = find_checkpoints(w, "mbt2018-mean-lora", [1, 2, 3, 4])
+    assert [p.name for p in found] == [f"mbt2018-mean-N64-q{q}.pth.tar" for q in "1234"]
+    # another width is found, a longer quality number is not q1
+    assert find_checkpoints(w, "cheng2020-attn-lora", [2])[0].name == (
+        "cheng2020-attn-N128-q2.pth.tar"
+    )
+    assert find_checkpoints(w, "mbt2018-lora", [1])[0].name == "mbt2018-N192-q1.pth.tar"
+    with pytest.raises(BenchError, match=r"no checkpoint cheng2020-attn-N\*-q1"):
+        find_checkpoints(w, "cheng2020-attn-lora", [1, 2])
+    _touch(w, "mbt2018-mean-N128-q3.pth.tar")
+    with pytest.raises(BenchError, match="several checkpoints for mbt2018-mean q3"):
+        find_checkpoints(w, "mbt2018-mean-lora", [3])
+
+
+def test_weights_patterns_and_lists(tmp_path):
+    from compressai_lora.utils.bench.weights import weight_paths
+
+    _touch(tmp_path, *(f"{a}-N8-q{q}.pth.tar" for a in ("x", "y") for q in (1, 2)))
+
+    def paths(*argv):
+        args = bench.setup_args().parse_args(["--qualities", "1,2", *argv])
+        return {a: [p.name for p in weight_paths(args, a)] for a in args.architecture}
+
+    two = ["-a", "x-lora", "y-lora"]
+    pattern = str(tmp_path / "{arch}-N8-q{q}.pth.tar")
+    expected = {a: [f"{a[0]}-N8-q1.pth.tar", f"{a[0]}-N8-q2.pth.tar"] for a in two[1:]}
+    assert paths(*two, "--weights", pattern) == expected
+    assert paths(*two, "--weights-dir", str(tmp_path)) == expected
+    one = str(tmp_path / "x-N8-q1.pth.tar")
+    assert paths("-a", "y-lora", "--weights", one) == {"y-lora": ["x-N8-q1.pth.tar"]}
+    bad = {
+        "needs '{arch}'": [*two, "--weights", str(tmp_path / "x-N8-q{q}.pth.tar")],
+        "lists paths for one architecture": [*two, "--weights", one],
+        "only '{q}' and '{arch}'": ["-a", "x-lora", "--weights", "{q}{n}"],
+        "not found": ["-a", "x-lora", "--weights", str(tmp_path / "{q}.pth.tar")],
+        "invalid --qualities": ["-a", "x-lora", "--qualities", "1,a"],
+    }
+    for why, argv in bad.items():
+        with pytest.raises(BenchError, match=re.escape(why)):
+            paths(*argv)
+
+
+# -- tables of several architectures and anchors -------------------------------
+def test_markdown_several_architectures_and_anchors(tmp_path):
+    from compressai_lora.utils.bench.compare import bd_vs_anchors, cross_summary
+    from compressai_lora.utils.bench.plots import plot_combined, plot_domain
+
+    archs = {}
+    for arch, factors in (("a-lora", (1.0, 0.8)), ("b-lora", (0.9, 0.5))):
+        domains = {}
+        for name, factor in zip(("kodak", "pixel"), factors):
+            d = bench.aggregate_domain(_domain(factor))
+            d["images"], d["plot"] = 1, f"{arch}/rd-{name}.png"
+            domains[name] = d
+        archs[arch] = {
+            "domains": domains,
+            "summary": bench.summarize(domains),
+            "rate_points": ["q1", "q2", "q3", "q4"],
+        }
+    # an anchor at twice the base's bits (same PSNR); one 30 dB above it
+    base = archs["a-lora"]["domains"]["kodak"]["curves"]["base"]
+    twice = {"bpp": [2 * b for b in base["bpp"]], "psnr-rgb": base["psnr-rgb"]}
+    far = {"bpp": base["bpp"], "psnr-rgb": [p + 30 for p in base["psnr-rgb"]]}
+    anchors = {
+        "qualities": [10, 50, 90, 95],
+        "codecs": {
+            "jpeg": {"label": "JPEG", "options": {}, "pillow": "13.0.0"},
+            "webp": {"label": "WebP", "options": {"method": 6}, "pillow": "13.0.0"},
+        },
+        "skipped": {"avif": "AVIF: Pillow 13.0.0 has no avif"},
+        "domains": {
+            n: {"jpeg": {"curves": twice}, "webp": {"curves": far, "lossless": [95]}}
+            for n in ("kodak", "pixel")
+        },
+    }
+    for r in archs.values():
+        for n, d in r["domains"].items():
+            d["bd_vs_anchors"] = bd_vs_anchors(d["curves"], anchors["domains"][n])
+    results = {
+        "architectures": archs,
+        "anchors": anchors,
+        "cross": cross_summary(archs),
+        "plots": {"kodak": "rd-kodak.png"},
+    }
+    md = bench.markdown(results)
+    lines = md.splitlines()
+    assert lines[0] == "## Across architectures: BD-rate vs each one's base codec"
+    assert lines[2] == (
+        "| domain | a-lora refine-only | a-lora full | b-lora refine-only "
+        "| b-lora full |"
+    )
+    assert "| kodak | +0.0% | +0.0% | +0.0% | -10.0% |" in lines
+    assert "| pixel | +0.0% | -20.0% | +0.0% | -50.0% |" in lines
+    assert "| OOD mean (paired) | +0.0% | -20.0% | +0.0% | -50.0% |" in lines
+    assert "![kodak](rd-kodak.png)" in lines
+    assert lines.index("## a-lora") < lines.index("## b-lora")
+    assert "![pixel](b-lora/rd-pixel.png)" in lines
+    # per architecture: our base and full vs each anchor; dB* where no overlap
+    head = "| domain | base vs JPEG | full vs JPEG | base vs WebP | full vs WebP |"
+    assert md.count(head) == 2
+    b_kodak = archs["b-lora"]["domains"]["kodak"]["bd_vs_anchors"]
+    assert b_kodak["jpeg"]["base"]["value"] == pytest.approx(-50.0)
+    assert b_kodak["jpeg"]["full"]["value"] == pytest.approx(-55.0)
+    psnr = b_kodak["webp"]["full"]["psnr"]
+    assert psnr == pytest.approx(-30.0, abs=2.0)
+    assert f"| kodak | -50.0% | -55.0% | -30.00 dB* | {psnr:+.2f} dB* |" in lines
+    assert "Skipped: AVIF: Pillow 13.0.0 has no avif." in lines
+    assert "kodak webp q95 (lossless)" in md
+    # one architecture: its tables first, as before several were possible
+    one = bench.markdown(
+        {"architectures": {"a-lora": archs["a-lora"]}, "anchors": anchors}
+    )
+    assert one.startswith("| domain | images | BD-rate refine-only |")
+    assert "Across architectures" not in one and one.count(head) == 1
+    # the plots: ours and the anchors' curves
+    kodak = {a: r["domains"]["kodak"] for a, r in archs.items()}
+    plot_domain(tmp_path / "one.png", "kodak", kodak["a-lora"], anchors)
+    plot_combined(tmp_path / "all.png", "kodak", kodak, anchors)
+    for name in ("one.png", "all.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+# -- several architectures end to end (tiny models, one 32x32 crop) -----------
+ARCHS = ("bmshj2018-factorized-lora", "bmshj2018-hyperprior-lora")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, helpers):
+    """Data (one Kodak image) and N = 8 checkpoints of two architectures, named
+    as the weights folder names them."""
+    root = tmp_path_factory.mktemp("bench")
+    _save_image(root / "data" / "kodak" / "k.png", 40, 48, 0)
+    for arch in ARCHS:
+        host = arch[: -len("-lora")]
+        for q, lmbda in enumerate((0.0018, 0.0035, 0.0067, 0.013), start=1):
+            net = helpers.build_host(host, seed=q)
+            ckpt = {"state_dict": net.state_dict(), "meta": {"lmbda": lmbda}}
+            (root / "w").mkdir(exist_ok=True)
+            torch.save(ckpt, root / "w" / f"{host}-N8-q{q}.pth.tar")
+    argv = ["--data", str(root / "data"), "--domains", "kodak", "--crop", "32"]
+    argv += ["--weights-dir", str(root / "w"), "--threads", "1"]
+    argv += ["--refine-steps", "1", "--adapt-steps", "1"]
+    argv += ["--anchors", "jpeg", "webp", "--anchor-qualities", "10,30,50,70,90"]
+    return root, argv
+
+
+@pytest.fixture
+def no_render(monkeypatch):
+    """Plots are written without rendering (a few seconds each on a busy CPU);
+    test_markdown_several_architectures_and_anchors renders them."""
+    from matplotlib.figure import Figure
+
+    monkeypatch.setattr(Figure, "savefig", lambda self, f, **kw: f.write(b"PNG"))
+
+
+def _anchor_cells(d: dict, anchors: dict) -> list[str]:
+    """The anchor table's cells of one domain, recomputed from the curves."""
+    from compressai_lora.utils.bench.compare import bd_cell
+
+    cells = []
+    for codec in ("jpeg", "webp"):
+        a = anchors["domains"]["kodak"][codec]["curves"]
+        for m in ("base", "full"):
+            ours = d["curves"][m]
+            got = d["bd_vs_anchors"][codec][m]
+            try:
+                value = bd_rate(a["bpp"], a["psnr-rgb"], ours["bpp"], ours["psnr-rgb"])
+            except ValueError:
+                assert got["value"] is None
+            else:
+                assert got["value"] == pytest.approx(value, rel=1e-12)
+            cells.append(bd_cell(got))
+    return cells
+
+
+def test_several_architectures(tiny, capsys, monkeypatch, no_render):
+    from compressai_lora.utils.bench import anchors as anchor_codecs
+
+    root, argv = tiny
+    out = root / "multi"
+    argv = [*argv, "-a", *ARCHS, "-o", str(out)]
+    bench.main(argv)
+    md = capsys.readouterr().out
+    assert (out / "results.md").read_text() == md
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["architectures"]) == list(ARCHS)
+    assert "domains" not in results and not results["failed"]
+    assert not (out / "kodak").exists()  # each architecture in its own folder
+    for arch in ARCHS:
+        host = arch[: -len("-lora")]
+        r = results["architectures"][arch]
+        assert r["rate_points"] == [f"{host}-N8-q{q}" for q in range(1, 5)]
+        d = r["domains"]["kodak"]
+        assert d["plot"] == f"{arch}/rd-kodak.png" and (out / d["plot"]).is_file()
+        names = {p.name for p in (out / arch / "kodak").glob("k-*.json")}
+        assert names == {
+            f"k-{host}-N8-q{q}-{x}ans.json"
+            for q in range(1, 5)
+            for x in ("", host + "-")
+        }
+        _check_bd(d)
+        assert results["cross"]["domains"]["kodak"][arch] == {
+            m: d["bd_rate"][m] for m in ("refine", "full")
+        }
+        line = "| kodak | " + " | ".join(_anchor_cells(d, results["anchors"])) + " |"
+        section = md.split(f"\n## {arch}\n")[1].split("\n## ")[0]
+        assert section.count(line) == 1 and "| domain | base vs JPEG |" in section
+    assert (out / "rd-kodak.png").is_file() and results["plots"] == {
+        "kodak": "rd-kodak.png"
+    }
+    cross = [c for a in ARCHS for m in ("refine", "full") for c in [f"{a} {m}"]]
+    assert (
+        md.splitlines()[2]
+        == "| domain | " + " | ".join(cross).replace("refine", "refine-only") + " |"
+    )
+    # anchors: real bytes, cached per image; a rerun codes nothing again
+    jpeg = results["anchors"]["domains"]["kodak"]["jpeg"]
+    cache = json.loads((out / "anchors" / "kodak" / "k-jpeg.json").read_text())
+    assert jpeg["qualities"] == [10, 30, 50, 70, 90]
+    assert jpeg["curves"]["bpp"] == [
+        8 * cache["points"][str(q)]["bytes"] / (32 * 32) for q in jpeg["qualities"]
+    ]
+
+    def refuse(*args):
+        raise AssertionError("coded again")
+
+    monkeypatch.setattr(anchor_codecs, "code_image", refuse)
+    bench.main(argv)
+    assert capsys.readouterr().out == md
+
+
+def test_one_architecture_keeps_its_layout(tiny, capsys, no_render):
+    root, argv = tiny
+    out = root / "one"
+    bench.main([*argv, "-a", ARCHS[0], "-o", str(out), "--anchors", "jpeg"])
+    md = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert md.startswith("| domain | images | BD-rate refine-only |")
+    assert "Across architectures" not in md and "| domain | base vs JPEG |" in md
+    assert (out / "kodak").is_dir() and (out / "rd-kodak.png").is_file()
+    assert results["settings"]["architecture"] == ARCHS[0]
+    assert results["domains"] == results["architectures"][ARCHS[0]]["domains"]
+    assert results["domains"]["kodak"]["plot"] == "rd-kodak.png"
+    assert list(results["domains"]["kodak"]["bd_vs_anchors"]) == ["jpeg"]
+    assert results["rate_points"][0] == "bmshj2018-factorized-N8-q1"

@@ -1,8 +1,9 @@
 """Out-of-domain benchmark: ``python -m compressai_lora.utils.bench``.
 
 The tool is ``__main__.py`` (``setup_args()``, ``main(argv)``); its parts are
-``args``, ``subset``, ``evaluation``, ``records``, ``aggregate`` and
-``report``.
+``args``, ``weights``, ``subset``, ``evaluation``, ``records``, ``aggregate``,
+``anchors`` (JPEG, WebP, AVIF, JPEG XL through Pillow), ``compare``, ``report``
+and ``plots``.
 """
 
 __all__: list[str] = []

@@ -1,11 +1,14 @@
-"""Out-of-domain benchmark: base codec, latent refinement only, full method.
+"""Out-of-domain benchmark: base codec, latent refinement only, full method,
+for one or several architectures, beside classical codecs.
 
 For Kodak (in-domain) and each out-of-domain folder of the shared data
 (``ood/{pixel,screen,line,vector,painting,comic}``), the benchmark takes a
 fixed subset (the first ``--images-per-domain`` files in sorted order,
-centre-cropped to ``--crop`` pixels, written as PNG to a work directory),
-runs our ``eval_model`` once per domain in checkpoint mode over all rate
-points (``--compare-base --per-image``) and reads its per-image JSON files.
+centre-cropped to ``--crop`` pixels, written as PNG to a work directory).
+For each architecture of ``-a`` (each with its own checkpoints, one per rate
+point: see ``weights``), it runs our ``eval_model`` once per domain in
+checkpoint mode over all rate points (``--compare-base --per-image``) and
+reads its per-image JSON files.
 
 From each image's adaptation statistics (``model.last_adaptation``: the
 real-bitstream bpp and distortion of every candidate the encoder built) it
@@ -20,13 +23,25 @@ forms three rate-distortion points per rate point:
 
 bpp and PSNR are averaged over the images per domain and rate point (as
 CompressAI does), and compared with the Bjontegaard delta rate (PSNR vs
-bpp).  Outputs in ``--output``: ``results.json``, ``results.md`` (tables) and
-one RD plot per domain (``rd-<domain>.png``).
+bpp).  The same crops are coded by Pillow's JPEG, WebP and AVIF (and JPEG XL
+where its plugin is installed) over ``--anchor-qualities`` (``anchors``):
+BD-rate of our base and full curves vs each, BD-PSNR (``dB*``) where the
+PSNR ranges do not overlap.
 
-Parts: ``args`` (command line, checkpoints), ``subset`` (images, crops,
-manifest), ``evaluation`` (eval_model in-process), ``records`` (per-image
-results), ``aggregate`` (RD points, BD-rates, summary), ``report`` (tables,
-plots); this module runs them.
+Outputs in ``--output``: ``results.json``, ``results.md`` (tables) and one RD
+plot per domain (``rd-<domain>.png``, with the anchors).  With one
+architecture eval_model's files are in ``<domain>/`` (the layout of earlier
+runs); with several in ``<arch>/<domain>/``, each architecture's plots in
+``<arch>/``, and ``results.md`` starts with a summary across architectures.
+Anchor results are cached in ``anchors/<domain>/``.  Rerunning the same
+command resumes from the per-image files.
+
+Parts: ``args`` (command line), ``weights`` (checkpoints per architecture),
+``subset`` (images, crops, manifest), ``evaluation`` (eval_model
+in-process), ``records`` (per-image results), ``aggregate`` (RD points,
+BD-rates, summary), ``anchors`` (classical codecs, cached per image),
+``compare`` (anchor curves, BD vs anchors, across architectures),
+``report`` (tables), ``plots``; this module runs them.
 
 Method: Lv et al., "Dynamic Low-Rank Instance Adaptation for Universal Neural
 Image Compression", ACM MM 2023.
@@ -51,14 +66,19 @@ from .aggregate import (
     image_points,
     summarize,
 )
-from .args import LORA_SUFFIX, checkpoint_name, setup_args, weight_paths
+from .anchors import CODECS, codec_settings, run_anchors, select_codecs
+from .args import setup_args
+from .compare import bd_vs_anchors, cross_summary
 from .errors import BenchError, error_line
 from .evaluation import eval_argv, run_eval_model
+from .plots import plot_combined, plot_domain
 from .records import find_per_image, load_records
-from .report import markdown, plot_domain
+from .report import markdown
 from .subset import DOMAINS, check_manifest, plan_subset, prepare_subset, write_subset
+from .weights import LORA_SUFFIX, checkpoint_name, parse_qualities, weight_paths
 
 __all__ = [
+    "CODECS",
     "DOMAINS",
     "METHODS",
     "setup_args",
@@ -82,18 +102,18 @@ _INTERRUPTED = (
 def _header(
     args: argparse.Namespace,
     argv: Sequence[str],
-    weights: Sequence[Path],
+    weights: dict[str, list[Path]],
     manifest: dict,
 ) -> dict[str, Any]:
-    """The settings, rate points and host of ``results.json``."""
+    """The settings and host of ``results.json``."""
     import torch
 
-    return {
-        "argv": [str(a) for a in argv],
-        "report_only": bool(args.report_only),
-        "settings": {
-            "architecture": args.architecture,
-            "weights": [str(w) for w in weights],
+    settings: dict[str, Any] = {"architectures": list(weights)}
+    if len(weights) == 1:  # as before the bench took several
+        settings["architecture"] = next(iter(weights))
+    settings.update(
+        {
+            "weights": {a: [str(p) for p in w] for a, w in weights.items()},
             "preset": args.preset,
             "threads": args.threads,
             "refine_steps": args.refine_steps,
@@ -102,33 +122,41 @@ def _header(
             "images_per_domain": manifest["images_per_domain"],
             "crop": manifest["crop"],
             "data": str(args.data),
-        },
-        "rate_points": [checkpoint_name(w) for w in weights],
+        }
+    )
+    return {
+        "argv": [str(a) for a in argv],
+        "report_only": bool(args.report_only),
+        "settings": settings,
         "host": {
             "python": platform.python_version(),
             "torch": torch.__version__,
             "machine": platform.machine(),
             "cpus": os.cpu_count(),
         },
-        "domains": {},
+        "architectures": {},
         "failed": {},
     }
 
 
 def _run_domain(
     args: argparse.Namespace,
+    arch: str,
+    folder: Path,
     domain: str,
     entries: list[dict[str, Any]],
     weights: Sequence[Path],
     failed: dict[str, str],
 ) -> dict[str, Any] | None:
-    """Evaluate one domain (unless --report-only) and aggregate its results;
-    None (and the reason in ``failed``) where it has none."""
-    folder = args.output / domain
+    """Evaluate one architecture on one domain (unless --report-only), its
+    results in ``folder/domain``, and aggregate them; None (and the reason in
+    ``failed``) where it has none."""
+    out = folder / domain
     t0 = time.perf_counter()
     if not args.report_only:
-        print(f"== {domain}: {len(entries)} image(s)", file=sys.stderr)
-        eval_args = eval_argv(args, args.output / "images" / domain, weights, folder)
+        print(f"== {arch} {domain}: {len(entries)} image(s)", file=sys.stderr)
+        images = args.output / "images" / domain
+        eval_args = eval_argv(args, arch, images, weights, out)
         try:
             run_eval_model(eval_args)
         except BenchError as err:
@@ -136,7 +164,7 @@ def _run_domain(
             print(f"Error: {domain}: {err}", file=sys.stderr)
             return None
     wall = time.perf_counter() - t0
-    rate_points, problems = load_records(folder, entries, weights, args.architecture)
+    rate_points, problems = load_records(out, entries, weights, arch)
     if not any(rate_points):
         if not args.report_only:
             failed[domain] = "; ".join(problems) or "no results"
@@ -149,25 +177,106 @@ def _run_domain(
         d["problems"] = problems
     if not args.report_only:
         d["wall_time_s"] = wall
-    plot = f"rd-{domain}.png"
-    plot_domain(args.output / plot, domain, d)
-    d["plot"] = plot
     return d
+
+
+def _anchors(
+    args: argparse.Namespace, subset: dict[str, list]
+) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """``results.json``'s ``anchors`` (None with --anchors none) and the
+    domains whose anchors failed."""
+    codecs, skipped = select_codecs(args.anchors)
+    for why in skipped.values():
+        print(f"Note: anchor skipped: {why}", file=sys.stderr)
+    if not codecs and not skipped:
+        return None, {}
+    qualities = sorted(
+        parse_qualities(args.anchor_qualities, "--anchor-qualities", 0, 100)
+    )
+    domains, failed = run_anchors(
+        args.output,
+        subset,
+        codecs,
+        qualities,
+        compute=not args.report_only,
+        overwrite=args.overwrite,
+    )
+    info = {
+        "qualities": qualities,
+        "codecs": {c.name: {"label": c.label, **codec_settings(c)} for c in codecs},
+        "skipped": skipped,
+        "domains": domains,
+    }
+    return info, failed
+
+
+def _run_architecture(
+    args: argparse.Namespace,
+    arch: str,
+    prefix: str,
+    subset: dict[str, list],
+    weights: Sequence[Path],
+    anchors: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """One architecture on every domain: its ``results.json`` entry; its
+    eval_model files in ``OUTPUT/<prefix><domain>/``, plots beside them."""
+    r: dict[str, Any] = {
+        "weights": [str(w) for w in weights],
+        "rate_points": [checkpoint_name(w) for w in weights],
+        "folder": prefix or ".",
+        "domains": {},
+        "failed": {},
+    }
+    for domain, entries in subset.items():
+        d = _run_domain(
+            args, arch, args.output / prefix, domain, entries, weights, r["failed"]
+        )
+        if d is None:
+            continue
+        if anchors is not None and domain in anchors["domains"]:
+            d["bd_vs_anchors"] = bd_vs_anchors(d["curves"], anchors["domains"][domain])
+        d["plot"] = f"{prefix}rd-{domain}.png"
+        plot_domain(args.output / d["plot"], domain, d, anchors)
+        r["domains"][domain] = d
+    r["summary"] = summarize(r["domains"])
+    return r
+
+
+def _plot_combined(
+    output: Path, results: dict[str, Any], anchors: dict[str, Any] | None
+) -> dict[str, str]:
+    """``rd-<domain>.png`` with every architecture's curves: domain -> file."""
+    plots = {}
+    domains = {n: None for r in results["architectures"].values() for n in r["domains"]}
+    for domain in domains:
+        by_arch = {
+            a: r["domains"][domain]
+            for a, r in results["architectures"].items()
+            if domain in r["domains"]
+        }
+        plots[domain] = f"rd-{domain}.png"
+        plot_combined(output / plots[domain], domain, by_arch, anchors)
+    return plots
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
     """The whole benchmark: ``results.json``'s content, its files written."""
-    if not args.architecture.endswith(LORA_SUFFIX):
-        raise BenchError(f"need a -lora architecture, not {args.architecture}")
+    archs = list(dict.fromkeys(args.architecture))
+    bad = [a for a in archs if not a.endswith(LORA_SUFFIX)]
+    if bad:
+        raise BenchError(f"need -lora architectures, not {', '.join(bad)}")
     problem = output_dir_problem(args.output)
     if problem:
         raise BenchError(problem)
-    weights = weight_paths(args)
-    if len(weights) < 4:
-        print(
-            f"Note: {len(weights)} rate point(s): BD-rate needs 4 or more",
-            file=sys.stderr,
-        )
+    select_codecs(args.anchors)  # bad flags fail before any work
+    parse_qualities(args.anchor_qualities, "--anchor-qualities", 0, 100)
+    weights = {arch: weight_paths(args, arch) for arch in archs}
+    for arch, w in weights.items():
+        if len(w) < 4:
+            print(
+                f"Note: {arch}: {len(w)} rate point(s): BD-rate needs 4 or more",
+                file=sys.stderr,
+            )
     domains = list(dict.fromkeys(args.domains))
     args.output.mkdir(parents=True, exist_ok=True)
     subset = plan_subset(args, domains)
@@ -181,11 +290,28 @@ def _run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
     if write:
         write_subset(args.data, args.output / "images", subset)
     results = _header(args, argv, weights, manifest)
-    for domain in domains:
-        d = _run_domain(args, domain, subset[domain], weights, results["failed"])
-        if d is not None:
-            results["domains"][domain] = d
-    results["summary"] = summarize(results["domains"])
+    anchors, anchors_failed = _anchors(args, subset)
+    if anchors is not None:
+        results["anchors"] = anchors
+    for domain, why in anchors_failed.items():
+        results["failed"][f"anchors {domain}"] = why
+    # one architecture: eval_model's files in OUTPUT/<domain>/ as before;
+    # several: in OUTPUT/<arch>/<domain>/
+    single = len(archs) == 1
+    for arch in archs:
+        prefix = "" if single else f"{arch}/"
+        r = _run_architecture(args, arch, prefix, subset, weights[arch], anchors)
+        results["architectures"][arch] = r
+        for domain, why in r["failed"].items():
+            results["failed"][domain if single else f"{arch} {domain}"] = why
+    if single:  # the keys of a one-architecture run, as before
+        r = results["architectures"][archs[0]]
+        results.update(
+            rate_points=r["rate_points"], domains=r["domains"], summary=r["summary"]
+        )
+    else:
+        results["cross"] = cross_summary(results["architectures"])
+        results["plots"] = _plot_combined(args.output, results, anchors)
     write_json(args.output / "results.json", results)
     write_bytes(args.output / "results.md", markdown(results).encode())
     return results

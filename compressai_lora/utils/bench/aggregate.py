@@ -17,6 +17,7 @@ __all__ = [
     "METHOD_LABELS",
     "aggregate_domain",
     "aggregate_rate_point",
+    "bd_metrics",
     "image_points",
     "psnr_from_dist",
     "summarize",
@@ -139,7 +140,7 @@ def aggregate_rate_point(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _bd(anchor: dict[str, list], test: dict[str, list]) -> dict[str, Any]:
+def bd_metrics(anchor: dict[str, list], test: dict[str, list]) -> dict[str, Any]:
     """BD-rate (%, ``value``) and BD-PSNR (dB, ``psnr``) of ``test`` vs ``anchor``;
     None with ``why`` where undefined (e.g. no shared PSNR range)."""
     from ..bd import bd_psnr, bd_rate
@@ -176,13 +177,13 @@ def aggregate_domain(rate_points: Sequence[Sequence[dict[str, Any]]]) -> dict[st
     bd: dict[str, Any] = {}
     for m in ("refine", "full"):
         if len(rows) >= 4:
-            bd[m] = _bd(curves["base"], curves[m])
+            bd[m] = bd_metrics(curves["base"], curves[m])
         else:
             why = f"{len(rows)} rate points (< 4)"
             bd[m] = {"value": None, "psnr": None, "why": why}
     host = {k: [row["host_base"][k] for row in rows] for k in ("bpp", "psnr-rgb")}
     if len(rows) >= 4 and None not in host["bpp"] + host["psnr-rgb"]:
-        bd["base_vs_host_base"] = _bd(host, curves["base"])
+        bd["base_vs_host_base"] = bd_metrics(host, curves["base"])
     out["bd_rate"] = bd
     gates: Counter = Counter()
     choices: Counter = Counter()

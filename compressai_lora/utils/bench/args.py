@@ -1,16 +1,24 @@
-"""The bench's command line and its base checkpoints (one per rate point)."""
+"""The bench's command line."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .errors import BenchError
+from .anchors import CODECS
 from .subset import DOMAINS
+from .weights import (
+    DEFAULT_WEIGHTS_DIR,
+    LORA_SUFFIX,
+    checkpoint_name,
+    weight_paths,
+)
 
 __all__ = [
+    "DEFAULT_ANCHOR_QUALITIES",
+    "DEFAULT_ARCHITECTURE",
     "DEFAULT_DATA",
-    "DEFAULT_WEIGHTS",
+    "DEFAULT_WEIGHTS_DIR",
     "LORA_SUFFIX",
     "checkpoint_name",
     "setup_args",
@@ -19,19 +27,18 @@ __all__ = [
 
 _REPO = Path(__file__).resolve().parents[3]
 DEFAULT_DATA = _REPO.parent / "shared" / "data"
-DEFAULT_WEIGHTS = str(
-    _REPO.parent / "shared" / "weights" / "cheng2020-attn-N64-q{q}.pth.tar"
-)
-#: The suffix of the architectures the bench runs.
-LORA_SUFFIX = "-lora"
+DEFAULT_ARCHITECTURE = "cheng2020-attn-lora"
+#: quality sweep of the classical anchors (Pillow's 0-100 scale)
+DEFAULT_ANCHOR_QUALITIES = "0,5,10,20,30,40,50,60,70,80,90,95,100"
 
 
 def setup_args() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m compressai_lora.utils.bench",
         description="Benchmark base codec, latent refinement only and the full "
-        "method (refinement + low-rank decoder update) on Kodak and the "
-        "out-of-domain sets, with real bitstreams.",
+        "method (refinement + low-rank decoder update) of one or several "
+        "architectures on Kodak and the out-of-domain sets, with real "
+        "bitstreams, beside Pillow's JPEG, WebP and AVIF on the same crops.",
     )
     data = parser.add_argument_group("Data")
     data.add_argument(
@@ -70,22 +77,52 @@ def setup_args() -> argparse.ArgumentParser:
     model.add_argument(
         "-a",
         "--architecture",
-        default="cheng2020-attn-lora",
-        help="a -lora architecture (default %(default)s)",
+        nargs="+",
+        default=[DEFAULT_ARCHITECTURE],
+        metavar="ARCH",
+        help="-lora architecture(s), each with its own checkpoints (default "
+        f"{DEFAULT_ARCHITECTURE})",
+    )
+    model.add_argument(
+        "--weights-dir",
+        type=Path,
+        default=DEFAULT_WEIGHTS_DIR,
+        metavar="DIR",
+        help="where each architecture's checkpoints are found by name: "
+        "ARCH-N<n>-q<q>.pth.tar (ARCH without -lora, any width n) for each of "
+        "--qualities (default: ../shared/weights next to the repository, "
+        "%(default)s)",
     )
     model.add_argument(
         "--weights",
         nargs="+",
-        default=[DEFAULT_WEIGHTS],
+        default=None,
         metavar="PATH",
-        help="base checkpoints, one per rate point, low rate first; a single PATH "
-        "containing '{q}' is expanded for each of --qualities (default: "
-        "%(default)s)",
+        help="base checkpoints instead of --weights-dir: one per rate point, low "
+        "rate first (one architecture), or a single pattern with '{q}' filled "
+        "from --qualities and '{arch}' with the base architecture, e.g. "
+        "'weights/{arch}-N64-q{q}.pth.tar'",
     )
     model.add_argument(
         "--qualities",
         default="1,2,3,4",
-        help="rate points that fill '{q}' in --weights (default %(default)s)",
+        help="rate points: the q of the checkpoint names (default %(default)s)",
+    )
+    anchors = parser.add_argument_group("Classical anchors (Pillow)")
+    anchors.add_argument(
+        "--anchors",
+        nargs="+",
+        default=None,
+        choices=[*CODECS, "none"],
+        metavar="CODEC",
+        help=f"codecs coded on the same crops: {', '.join(CODECS)}, or none "
+        "(default: every one available here)",
+    )
+    anchors.add_argument(
+        "--anchor-qualities",
+        default=DEFAULT_ANCHOR_QUALITIES,
+        metavar="Q,Q,...",
+        help="their quality sweep, 0-100 (default %(default)s)",
     )
     adapt = parser.add_argument_group("Adaptation (passed to eval_model)")
     adapt.add_argument("--preset", default="fast", help="default %(default)s")
@@ -116,28 +153,3 @@ def setup_args() -> argparse.ArgumentParser:
         "--output (domains without results are left out)",
     )
     return parser
-
-
-def weight_paths(args: argparse.Namespace) -> list[Path]:
-    """The base checkpoints of ``--weights`` (``{q}`` filled from --qualities).
-
-    Raises:
-        BenchError: bad --qualities, or a checkpoint that is not a file.
-    """
-    if len(args.weights) == 1 and "{q}" in args.weights[0]:
-        try:
-            qualities = [int(q) for q in args.qualities.split(",") if q.strip()]
-        except ValueError:
-            raise BenchError(f"invalid --qualities: {args.qualities!r}") from None
-        paths = [Path(args.weights[0].format(q=q)) for q in qualities]
-    else:
-        paths = [Path(p) for p in args.weights]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise BenchError(f"checkpoint(s) not found: {', '.join(missing)}")
-    return paths
-
-
-def checkpoint_name(path: Path) -> str:
-    """The name eval_model gives a checkpoint's runs (``x.pth.tar`` -> ``x``)."""
-    return path.name[: -len(".pth.tar")]

@@ -1,4 +1,5 @@
-"""Running our eval_model in-process, once per domain over all rate points."""
+"""Running our eval_model in-process, once per architecture and domain over
+all rate points."""
 
 from __future__ import annotations
 
@@ -13,10 +14,15 @@ __all__ = ["eval_argv", "run_eval_model"]
 
 
 def eval_argv(
-    args: argparse.Namespace, images: Path, weights: Sequence[Path], out: Path
+    args: argparse.Namespace,
+    arch: str,
+    images: Path,
+    weights: Sequence[Path],
+    out: Path,
 ) -> list[str]:
-    """Command line of our eval_model for one domain (all rate points)."""
-    argv = ["checkpoint", str(images), "-a", args.architecture, "-p"]
+    """Command line of our eval_model for one architecture and domain (all
+    rate points)."""
+    argv = ["checkpoint", str(images), "-a", arch, "-p"]
     argv += [str(w) for w in weights]
     argv += ["--compare-base", "--per-image", "-d", str(out)]
     argv += ["--preset", args.preset, "--threads", str(args.threads)]

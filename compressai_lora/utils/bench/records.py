@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .args import LORA_SUFFIX, checkpoint_name
+from .weights import base_arch, checkpoint_name
 
 __all__ = ["find_per_image", "load_records"]
 
@@ -51,7 +51,6 @@ def load_records(
 ) -> tuple[list[list[dict[str, Any]]], list[str]]:
     """Per rate point, per image: ``{"stats", "results", "base_results",
     "pixels"}``; plus a list of problems (missing files or statistics)."""
-    base_arch = arch[: -len(LORA_SUFFIX)]
     rate_points: list[list[dict[str, Any]]] = []
     problems: list[str] = []
     for w in weights:
@@ -60,7 +59,7 @@ def load_records(
         for entry in entries:
             stem = Path(entry["image"]).stem
             ours = find_per_image(folder, stem, cpt, arch)
-            base = find_per_image(folder, stem, cpt, base_arch)
+            base = find_per_image(folder, stem, cpt, base_arch(arch))
             if ours is None:
                 problems.append(f"{stem} ({cpt}): no per-image result")
                 continue

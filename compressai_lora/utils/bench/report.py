@@ -1,17 +1,21 @@
-"""The bench's report: markdown tables of ``results.json`` and RD plots."""
+"""The bench's report: markdown tables of ``results.json``.
+
+One architecture: its tables (as before the bench took several), then the
+classical anchors.  Several: a summary across architectures, then each
+architecture's tables under its own heading.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Optional
 
-from ..plot import plot_rd
-from .aggregate import METHOD_LABELS, METHODS
+from .aggregate import METHODS
+from .compare import VS_ANCHORS, bd_cell
+from .plots import ANCHOR_SPAN
 
-__all__ = ["markdown", "plot_domain"]
+__all__ = ["markdown"]
 
-#: matplotlib styles of the three curves, in the order of ``METHODS``
-_STYLES = ("o-", "s--", "^-")
+_METHOD_NAMES = {"base": "base", "refine": "refine-only", "full": "full"}
 
 
 def _f(value: Optional[float], fmt: str, unit: str = "") -> str:
@@ -19,7 +23,124 @@ def _f(value: Optional[float], fmt: str, unit: str = "") -> str:
 
 
 def markdown(results: dict[str, Any], plots_prefix: str = "") -> str:
-    """Tables of ``results.json`` as markdown."""
+    """Tables of ``results.json`` as markdown (plots linked as
+    ``plots_prefix + path``; none if ``plots_prefix`` is None)."""
+    archs = results.get("architectures")
+    anchors = results.get("anchors")
+    if not archs or len(archs) == 1:
+        r = next(iter(archs.values())) if archs else results
+        return _arch_markdown(r, anchors, plots_prefix)
+    lines = _cross_table(results["cross"], list(archs))
+    if plots_prefix is not None and results.get("plots"):
+        lines += ["", "### RD plots, all architectures (base dashed, full solid)", ""]
+        for name, plot in results["plots"].items():
+            lines.append(f"![{name}]({plots_prefix}{plot})")
+    for arch, r in archs.items():
+        lines += ["", f"## {arch}", "", _arch_markdown(r, anchors, plots_prefix)]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _cross_table(cross: dict[str, Any], archs: list[str]) -> list[str]:
+    pairs = [(a, m) for a in archs for m in ("refine", "full")]
+    head = " | ".join(f"{a} {_METHOD_NAMES[m]}" for a, m in pairs)
+    lines = [
+        "## Across architectures: BD-rate vs each one's base codec",
+        "",
+        f"| domain | {head} |",
+        "|---|" + "---|" * (2 * len(archs)),
+    ]
+    rows = list(cross["domains"].items()) + [("OOD mean (paired)", cross["ood_mean"])]
+    for name, by_arch in rows:
+        cells = [bd_cell(by_arch.get(a, {}).get(m)) for a, m in pairs]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Negative = fewer bits than the architecture's own base codec for the same "
+        "PSNR; dB* = BD-PSNR where BD-rate is undefined (no shared PSNR range). "
+        "OOD mean: over the out-of-domain domains where both methods have a "
+        "BD-rate (BD-PSNR for the dB* means); per-domain counts in each "
+        "architecture's section.",
+    ]
+    return lines
+
+
+def _anchor_table(
+    domains: dict[str, dict[str, Any]], anchors: Optional[dict[str, Any]]
+) -> list[str]:
+    """BD of our base and full method vs each anchor, per domain."""
+    if not anchors:
+        return []
+    lines = ["", "### Classical anchors (Pillow)", ""]
+    codecs = anchors.get("codecs", {})
+    skipped = anchors.get("skipped", {})
+    if codecs and not anchors.get("domains"):
+        lines.append("No anchor results here: they are coded unless --report-only.")
+    elif codecs:
+        labels = {c: codecs[c]["label"] for c in codecs}
+        head = " | ".join(
+            f"{_METHOD_NAMES[m]} vs {labels[c]}" for c in codecs for m in VS_ANCHORS
+        )
+        lines += [f"| domain | {head} |", "|---|" + "---|" * (2 * len(codecs))]
+        for name, d in domains.items():
+            bd = d.get("bd_vs_anchors", {})
+            cells = [bd_cell(bd.get(c, {}).get(m)) for c in codecs for m in VS_ANCHORS]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        settings = "; ".join(
+            f"{labels[c]} {_options(codecs[c])}".rstrip() for c in codecs
+        )
+        lines += [
+            "",
+            "BD-rate of our curve vs the anchor's (negative = we need fewer bits for "
+            "the same PSNR); dB* = BD-PSNR (ours - anchor at equal rate) where the "
+            "PSNR ranges do not overlap. Anchors: Pillow "
+            f"{next(iter(codecs.values()))['pillow']}, {settings}; qualities "
+            f"{','.join(str(q) for q in anchors['qualities'])}, bytes of the "
+            "encoded file, PSNR of the file decoded back, averaged per domain and "
+            f"quality; plotted up to {ANCHOR_SPAN:g}x our highest bpp.",
+        ]
+        undefined = sorted(
+            {
+                f"{name} {_METHOD_NAMES[m]} vs {labels[c]}: {why}"
+                for name, d in domains.items()
+                for c, by_method in d.get("bd_vs_anchors", {}).items()
+                for m, bd in by_method.items()
+                if bd.get("value") is None and bd.get("psnr") is None
+                for why in [", ".join(sorted(set(bd.get("why", {}).values())))]
+            }
+        )
+        if undefined:
+            lines += ["", "n/a: " + "; ".join(undefined) + "."]
+        notes = _anchor_notes(anchors)
+        if notes:
+            lines += ["", "Anchor points left out: " + "; ".join(notes) + "."]
+    for reason in skipped.values():
+        lines += ["", f"Skipped: {reason}."]
+    return lines
+
+
+def _options(codec: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in codec["options"].items())
+
+
+def _anchor_notes(anchors: dict[str, Any]) -> list[str]:
+    notes = []
+    for domain, by_codec in anchors.get("domains", {}).items():
+        for codec, a in by_codec.items():
+            for key in ("lossless", "missing", "repeated"):
+                if a.get(key):
+                    qs = ",".join(str(q) for q in a[key])
+                    notes.append(f"{domain} {codec} q{qs} ({key})")
+            for err in a.get("errors", []):
+                notes.append(f"{domain} {codec} {err}")
+    return notes
+
+
+def _arch_markdown(
+    results: dict[str, Any],
+    anchors: Optional[dict[str, Any]],
+    plots_prefix: Optional[str],
+) -> str:
+    """One architecture's tables: BD vs base, rate points, gates, times, anchors."""
     domains = results["domains"]
     lines = [
         "| domain | images | BD-rate refine-only | BD-rate full "
@@ -125,22 +246,10 @@ def markdown(results: dict[str, Any], plots_prefix: str = "") -> str:
             f"| {_f(t.get('refine'), '.2f')} | {_f(t.get('adapt'), '.2f')} "
             f"| {_f(t.get('decode'), '.2f')} |"
         )
+    lines += _anchor_table(domains, anchors)
     if plots_prefix is not None:
         lines += ["", "### RD plots", ""]
         for name, d in domains.items():
             if d.get("plot"):
                 lines.append(f"![{name}]({plots_prefix}{d['plot']})")
     return "\n".join(lines) + "\n"
-
-
-def plot_domain(path: Path, name: str, d: dict[str, Any]) -> None:
-    """PSNR-vs-bpp plot of the three curves, labelled with their BD-rates."""
-    curves = []
-    for m, style in zip(METHODS, _STYLES):
-        label = METHOD_LABELS[m]
-        bd = d["bd_rate"].get(m, {}).get("value")
-        if bd is not None:
-            label += f" (BD-rate {bd:+.2f}%)"
-        curves.append((label, d["curves"][m]["bpp"], d["curves"][m]["psnr-rgb"], style))
-    title = f"{name} ({d['images']} image(s))"
-    plot_rd(path, curves, title, size=(6, 4.5), dpi=100, legend_size=8)
