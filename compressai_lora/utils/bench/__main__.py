@@ -57,6 +57,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..distributed import is_main_process, rank_share
 from ..files import write_bytes, write_json
 from ..paths import output_dir_problem
 from .aggregate import (
@@ -236,7 +237,8 @@ def _run_architecture(
         if anchors is not None and domain in anchors["domains"]:
             d["bd_vs_anchors"] = bd_vs_anchors(d["curves"], anchors["domains"][domain])
         d["plot"] = f"{prefix}rd-{domain}.png"
-        plot_domain(args.output / d["plot"], domain, d, anchors)
+        if is_main_process():
+            plot_domain(args.output / d["plot"], domain, d, anchors)
         r["domains"][domain] = d
     r["summary"] = summarize(r["domains"])
     return r
@@ -255,7 +257,8 @@ def _plot_combined(
             if domain in r["domains"]
         }
         plots[domain] = f"rd-{domain}.png"
-        plot_combined(output / plots[domain], domain, by_arch, anchors)
+        if is_main_process():
+            plot_combined(output / plots[domain], domain, by_arch, anchors)
     return plots
 
 
@@ -312,8 +315,9 @@ def _run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
     else:
         results["cross"] = cross_summary(results["architectures"])
         results["plots"] = _plot_combined(args.output, results, anchors)
-    write_json(args.output / "results.json", results)
-    write_bytes(args.output / "results.md", markdown(results).encode())
+    if is_main_process():  # under torchrun every rank has the results; one writes
+        write_json(args.output / "results.json", results)
+        write_bytes(args.output / "results.md", markdown(results).encode())
     return results
 
 
@@ -323,7 +327,7 @@ def main(argv: list[str]) -> None:
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, args.threads))
+    torch.set_num_threads(rank_share(args.threads))
     try:
         results = _run(args, argv)
     except (BenchError, OSError) as err:  # OSError: a path problem on the way
@@ -334,7 +338,8 @@ def main(argv: list[str]) -> None:
         raise SystemExit(130) from None
     finally:
         torch.set_num_threads(threads)
-    print(markdown(results), end="")
+    if is_main_process():
+        print(markdown(results), end="")
     if results["failed"]:
         raise SystemExit(1)
 

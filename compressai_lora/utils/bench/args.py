@@ -127,7 +127,11 @@ def setup_args() -> argparse.ArgumentParser:
     adapt = parser.add_argument_group("Adaptation (passed to eval_model)")
     adapt.add_argument("--preset", default="fast", help="default %(default)s")
     adapt.add_argument(
-        "--threads", type=int, default=2, help="torch threads (default 2)"
+        "--threads",
+        type=int,
+        default=2,
+        help="torch threads of the node (default 2); under torchrun each rank "
+        "takes its share",
     )
     adapt.add_argument("--refine-steps", type=int, metavar="N", default=None)
     adapt.add_argument("--adapt-steps", type=int, metavar="N", default=None)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..distributed import rank_share
 from .errors import BenchError, error_line
 
 __all__ = ["eval_argv", "run_eval_model"]
@@ -25,7 +26,7 @@ def eval_argv(
     argv = ["checkpoint", str(images), "-a", arch, "-p"]
     argv += [str(w) for w in weights]
     argv += ["--compare-base", "--per-image", "-d", str(out)]
-    argv += ["--preset", args.preset, "--threads", str(args.threads)]
+    argv += ["--preset", args.preset, "--threads", str(rank_share(args.threads))]
     for flag in ("refine_steps", "adapt_steps", "seed"):
         value = getattr(args, flag)
         if value is not None:

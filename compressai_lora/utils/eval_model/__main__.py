@@ -11,8 +11,12 @@ output file names and stdout JSON, plus:
 * ``--compare-base`` evaluates the base architecture on the same images in the
   same run: ``base_*`` and ``delta_*`` keys, the RD cost with one rate point,
   the BD-rate with 4 or more, and an RD plot (PNG) beside the JSON with ``-d``.
-* A progress bar (tqdm, stderr) over images and adaptation steps; ``-v`` adds
-  a line per image.
+* A progress bar (tqdm, stderr) over all images of all rate points, and one
+  over the adaptation steps; ``-v`` adds a line per image.
+* Under torchrun (``torchrun --nproc-per-node K -m
+  compressai_lora.utils.eval_model ...``) the (image, rate point) items are
+  sharded over the ranks (``shard``), and rank 0 prints the JSON one process
+  prints (timings aside) and writes the files; see docs/eval_model.md.
 * :func:`evaluate` runs the tool from Python (``evaluate(argv)`` returns the
   JSON it prints and writes its files), as the bench does.
 * ``--per-image -d DIR`` is resumable: images whose per-image JSON exists
@@ -32,38 +36,42 @@ Image Compression", ACM MM 2023.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import compressai
 import torch
 
 from compressai_lora import host
-from compressai_lora.adapt import AdaptConfig
 from compressai_lora.adapt.config import resolve_lmbda
-from compressai_lora.utils.adapt_args import (
-    adapt_config_from_args,
-    adaptation_flags_given,
-    add_adaptation_args,
-)
+from compressai_lora.adapt.engine import torch_threads
+from compressai_lora.utils.adapt_args import add_adaptation_args
 
+from ..distributed import (
+    World,
+    device_of,
+    is_main_process,
+    join,
+    rank_threads,
+    world_from_env,
+)
 from ..files import write_json
-from ..paths import file_problem, os_error_line, output_dir_problem
+from ..paths import os_error_line
 from . import CLIError
 from .compare import add_base, bd_rates, write_base_outputs
-from .evaluate import Job, StepBar, evaluate_run
-from .images import dataset_images, read_image
-from .loading import checkpoint_model, load_pretrained
+from .evaluate import ImageResults, Job, StepBar, collect, evaluate_run
+from .images import dataset_images, read_image, short_error
+from .plan import Plan, load_run, make_plan, names, output_paths, run_label, vbr_model
 from .results import average, settings_of, table
+from .shard import Shard
 
 host.eval_script()  # the host's import-time settings (one torch thread), as its CLI
 
 __all__ = ["setup_args", "evaluate", "main", "read_image"]
-
-_LORA = "-lora"
 
 
 def setup_args() -> argparse.ArgumentParser:
@@ -90,140 +98,8 @@ def setup_args() -> argparse.ArgumentParser:
     return parser
 
 
-@dataclass
-class _Plan:
-    """What one invocation evaluates: the architecture(s) and the rate points."""
-
-    arch: str
-    base_arch: Optional[str]  # with a -lora architecture
-    description: str  # the host's: "entropy-estimation" or the coder's name
-    config: Optional[AdaptConfig]  # adaptation settings of a -lora model
-    runs: list  # qualities, checkpoint paths or VBR scales
-    vbr: bool
-
-    @property
-    def is_lora(self) -> bool:
-        return self.base_arch is not None
-
-
-def _adapt_config(args: argparse.Namespace) -> AdaptConfig:
-    """AdaptConfig from --preset and the adaptation flags (lmbda set per run)."""
-    try:
-        return adapt_config_from_args(args, metric=args.metric)
-    except (TypeError, ValueError) as err:
-        raise CLIError(f"invalid adaptation settings: {err}") from None
-
-
-def _plan(args: argparse.Namespace) -> _Plan:
-    arch = args.architecture
-    is_lora = arch.endswith(_LORA)
-    if args.per_image and not args.output_directory:
-        raise CLIError("--per-image needs an output directory (-d)")
-    if args.compare_base and not is_lora:
-        raise CLIError(f"--compare-base needs a -lora architecture, not {arch}")
-    if not is_lora and adaptation_flags_given(args):
-        print(
-            f"Warning: adaptation options ignored: {arch} is not a -lora architecture",
-            file=sys.stderr,
-        )
-    vbr = arch.endswith("-vbr")
-    if vbr:
-        if args.source == "checkpoint" and len(args.checkpoint_paths) > 1:
-            raise CLIError("Use only one checkpoint for vbr model.")
-        try:
-            scales = [1.0 / float(q) for q in args.vbr_quantstepsizes.split(",") if q]
-        except (ValueError, ZeroDivisionError):
-            raise CLIError(
-                f"invalid --vbr_quantstep: {args.vbr_quantstepsizes!r}"
-            ) from None
-        runs: list = list(torch.tensor(sorted(scales)))
-        if args.cuda and torch.cuda.is_available():
-            runs = [r.to("cuda") for r in runs]
-    elif args.source == "pretrained":
-        try:
-            runs = sorted(int(q) for q in args.qualities.split(",") if q)
-        except ValueError:
-            raise CLIError(f"invalid qualities: {args.qualities!r}") from None
-        if not runs:
-            raise CLIError("no quality given (-q)")
-    else:
-        runs = list(args.checkpoint_paths or [])
-        if not runs:
-            raise CLIError("no checkpoint given (-p)")
-    return _Plan(
-        arch=arch,
-        base_arch=arch[: -len(_LORA)] if is_lora else None,
-        description=(
-            "entropy-estimation" if args.entropy_estimation else args.entropy_coder
-        ),
-        config=_adapt_config(args) if is_lora else None,
-        runs=runs,
-        vbr=vbr,
-    )
-
-
-def _output_paths(
-    args: argparse.Namespace, plan: _Plan
-) -> tuple[Optional[Path], Optional[Path]]:
-    """The host's output JSON path (``-d``/``-o``) and, with --compare-base,
-    the base curve's; (None, None) without ``-d``."""
-    if not args.output_directory:
-        return None, None
-    description = plan.description.replace("-", " ")  # the host's file names
-    output_file = args.output_file or f"{plan.arch}-{description}"
-    json_path = Path(f"{args.output_directory}/{output_file}").with_suffix(".json")
-    base_path = None
-    if args.compare_base:
-        if args.output_file:
-            base_path = json_path.with_name(f"{json_path.stem}-base.json")
-        else:
-            base_path = Path(
-                f"{args.output_directory}/{plan.base_arch}-{description}"
-            ).with_suffix(".json")
-    for problem in [output_dir_problem(args.output_directory)] + [
-        file_problem(f) for f in (json_path, base_path)
-    ]:
-        if problem:
-            raise CLIError(problem)
-    return json_path, base_path
-
-
-def _load(args: argparse.Namespace, arch: str, run: Any) -> tuple[Any, dict]:
-    """``(model, checkpoint meta)`` of one rate point, on the device asked."""
-    if args.source == "pretrained":
-        quality = 0 if arch.endswith("-vbr") else run
-        model, meta = load_pretrained(arch, args.metric, quality), {}
-    else:
-        model, meta = checkpoint_model(arch, args.no_update, run)
-    if args.cuda and torch.cuda.is_available():
-        model = model.to("cuda")
-    return model, meta
-
-
-def _vbr_model(args: argparse.Namespace, plan: _Plan) -> Any:
-    """The one model of a VBR run, set up as the host sets it up."""
-    run = args.checkpoint_paths[0] if args.source == "checkpoint" else None
-    model, _ = _load(args, plan.arch, run)
-    model.no_quantoffset = False
-    if plan.arch in ["mbt2018-vbr"]:
-        model.scl2ctx = True
-    return model
-
-
-def _names(args: argparse.Namespace, plan: _Plan, run: Any) -> tuple[str, str]:
-    """The host's trained-net names of ``run``: ours and the base's."""
-    if args.source == "pretrained":
-        return (
-            f"{plan.arch}-{args.metric}-{run}-{plan.description}",
-            f"{plan.base_arch}-{args.metric}-{run}-{plan.description}",
-        )
-    path = args.checkpoint_paths[0] if plan.vbr else run
-    name = Path(path).name[: -len(".tar.pth")]
-    return f"{name}-{plan.description}", f"{name}-{plan.base_arch}-{plan.description}"
-
-
 def _configure(
-    args: argparse.Namespace, plan: _Plan, job: Job, run: Any, meta: dict, step_bar
+    args: argparse.Namespace, plan: Plan, job: Job, run: Any, meta: dict, step_bar
 ) -> None:
     """Set the -lora model's lambda and adaptation settings for this run."""
     quality = run if args.source == "pretrained" and not plan.vbr else None
@@ -240,42 +116,78 @@ def _configure(
 
 
 def _evaluate_runs(
-    args: argparse.Namespace, plan: _Plan, filepaths: list[Path]
-) -> tuple[list[dict], list[dict], list[Job]]:
-    """Rows (averages) of ours and of the base per rate point, and our jobs."""
-    vbr_model = _vbr_model(args, plan) if plan.vbr else None
-    step_bar = StepBar() if plan.is_lora and plan.config.enabled else None
-    rows: list[dict[str, Any]] = []
-    base_rows: list[dict[str, Any]] = []
-    ours: list[Job] = []
-    for run in plan.runs:
-        if vbr_model is None:
-            model, meta = _load(args, plan.arch, run)
+    args: argparse.Namespace,
+    plan: Plan,
+    filepaths: list[Path],
+    shard: Shard,
+    device: torch.device,
+) -> tuple[list[list[Job]], dict[tuple[int, int], ImageResults]]:
+    """The jobs of each rate point (every rank loads every model: the lambda
+    of each comes from its checkpoint), and this rank's results:
+    ``{(rate point, image): results}``."""
+    world = shard.world
+    vbr = vbr_model(args, plan, device) if plan.vbr else None
+    step_bar = None
+    if plan.is_lora and plan.config.enabled and world.is_main:
+        step_bar = StepBar(poll=shard.poll)
+    shard.start_bar(len(plan.runs) * len(filepaths))
+    runs: list[list[Job]] = []
+    results: dict[tuple[int, int], ImageResults] = {}
+    for i, run in enumerate(plan.runs):
+        if vbr is None:
+            model, meta = load_run(args, plan.arch, run, device)
         else:
-            model, meta = vbr_model, {}
+            model, meta = vbr, {}
             if (
                 plan.arch in ["bmshj2018-hyperprior-vbr", "mbt2018-mean-vbr"]
                 and args.vbr_tr_stage == 2
             ):
                 model.update(force=True, scale=run)
-        trained_net, base_net = _names(args, plan, run)
-        print(f"Using trained model {trained_net}", file=sys.stderr)
+        trained_net, base_net = names(args, plan, run)
+        if world.is_main:
+            print(f"Using trained model {trained_net}", file=sys.stderr)
         job = Job(model, plan.arch, trained_net)
         if plan.is_lora:
             _configure(args, plan, job, run, meta, step_bar)
         jobs = [job]
         if args.compare_base:
-            base, _ = _load(args, plan.base_arch, run)
-            print(f"Using trained model {base_net} (base)", file=sys.stderr)
+            base, _ = load_run(args, plan.base_arch, run, device)
+            if world.is_main:
+                print(f"Using trained model {base_net} (base)", file=sys.stderr)
             jobs.insert(0, Job(base, plan.base_arch, base_net, lmbda=job.lmbda))
-        evaluate_run(
+        shard.set_run(run_label(args, plan, run), trained_net)
+        done = evaluate_run(
             jobs,
-            filepaths,
+            shard.images(i, filepaths),
             args,
             vbr_stage=args.vbr_tr_stage if plan.vbr else None,
             vbr_scale=run if plan.vbr else None,
             step_bar=step_bar,
+            tracker=shard,
         )
+        results.update({(i, j): r for j, r in done.items()})
+        for done_job in jobs:  # only the results are needed from here on
+            done_job.model = None
+        runs.append(jobs)
+        if step_bar is not None:
+            step_bar.close()
+    return runs, results
+
+
+def _rows(
+    args: argparse.Namespace,
+    runs: list[list[Job]],
+    results: dict[tuple[int, int], ImageResults],
+    num_images: int,
+) -> tuple[list[dict], list[dict], list[Job]]:
+    """Rows (averages) of ours and of the base per rate point, and our jobs,
+    from the results of all images (in the dataset's order)."""
+    rows: list[dict[str, Any]] = []
+    base_rows: list[dict[str, Any]] = []
+    ours: list[Job] = []
+    for i, jobs in enumerate(runs):
+        collect(jobs, [results[i, j] for j in range(num_images)])
+        job = jobs[-1]
         rows.append(average(job.per_image))
         if args.compare_base:
             base_rows.append(
@@ -284,13 +196,11 @@ def _evaluate_runs(
                 )
             )
         ours.append(job)
-        if step_bar is not None:
-            step_bar.close()
     return rows, base_rows, ours
 
 
 def _output(
-    args: argparse.Namespace, plan: _Plan, rows: list[dict], jobs: list[Job]
+    args: argparse.Namespace, plan: Plan, rows: list[dict], jobs: list[Job]
 ) -> dict[str, Any]:
     """The JSON of the run: the host's keys, then ours."""
     output: dict[str, Any] = {
@@ -320,17 +230,57 @@ def _output(
     return output
 
 
+def _world() -> World:
+    try:
+        return world_from_env()
+    except ValueError as err:
+        raise CLIError(f"torchrun environment: {err}") from None
+
+
 def _run(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[[], None]]:
-    """Evaluate; returns the JSON and a function that writes the output files."""
-    filepaths = dataset_images(args.dataset)
-    plan = _plan(args)
-    compressai.set_entropy_coder(args.entropy_coder)
-    json_path, base_path = _output_paths(args, plan)
-    rows, base_rows, jobs = _evaluate_runs(args, plan, filepaths)
-    output = _output(args, plan, rows, jobs)
+    """Evaluate; returns the JSON and a function that writes the output files
+    (which does nothing on the ranks other than 0)."""
+    world = _world()
+    try:
+        device = device_of(world, args.cuda)
+        join(world, args.cuda)
+    except (ValueError, RuntimeError) as err:  # no such GPU; no rendezvous
+        why = str(err) if isinstance(err, ValueError) else short_error(err)
+        raise CLIError(f"cannot start rank {world.rank}: {why}") from None
+    with torch_threads(rank_threads(world, args.threads)):
+        return _run_ranks(args, world, device)
+
+
+def _run_ranks(
+    args: argparse.Namespace, world: World, device: torch.device
+) -> tuple[dict[str, Any], Callable[[], None]]:
+    """:func:`_run` on every rank: evaluate this rank's share, gather all."""
+    # the other ranks say nothing that rank 0 says too
+    quiet = contextlib.nullcontext if world.is_main else _silent_stderr
+    shard = Shard(world, resumable=bool(args.per_image and not args.overwrite))
+    results: dict = {}
+    status = None
+    try:
+        with quiet():
+            filepaths = dataset_images(args.dataset)
+            plan = make_plan(args, device, world.distributed)
+            compressai.set_entropy_coder(args.entropy_coder)
+            json_path, base_path = output_paths(args, plan)
+        runs, results = _evaluate_runs(args, plan, filepaths, shard, device)
+    except Exception as err:
+        if not world.distributed:
+            raise
+        status = shard.failed(err)
+    finally:
+        if not world.distributed:
+            shard.close()
+    results = shard.gather(results, status)  # raises on every rank if one failed
+    rows, base_rows, jobs = _rows(args, runs, results, len(filepaths))
+    with quiet():
+        output = _output(args, plan, rows, jobs)
 
     def write_outputs() -> None:
-        if json_path is None:
+        if json_path is None or not world.is_main:
             return
         try:
             write_json(json_path, output)
@@ -343,6 +293,12 @@ def _run(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[[], None]]:
             ) from None
 
     return output, write_outputs
+
+
+@contextlib.contextmanager
+def _silent_stderr() -> Iterator[None]:
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -359,7 +315,9 @@ def evaluate(argv: Sequence[str]) -> dict[str, Any]:
     """Run the tool without printing: returns its JSON, having written its files.
 
     ``argv`` as on the command line.  Raises :class:`CLIError` on bad input
-    (and ``SystemExit`` where argparse rejects ``argv``).
+    (and ``SystemExit`` where argparse rejects ``argv``).  Under torchrun every
+    rank must call it with the same ``argv``; every rank gets the whole JSON,
+    rank 0 writes the files.
     """
     output, write_outputs = _run(_parse(argv))
     write_outputs()
@@ -367,24 +325,32 @@ def evaluate(argv: Sequence[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> None:
-    args = _parse(argv)
+    """The command line; under torchrun, rank 0 prints (every rank's errors
+    are gathered there) and every rank exits with the same status."""
+    main_rank = is_main_process()
+    with contextlib.nullcontext() if main_rank else _silent_stderr():
+        args = _parse(argv)  # argparse's errors: once
     try:
         output, write_outputs = _run(args)
         # stdout first: a failed file write never loses a finished evaluation
-        print(json.dumps(output, indent=2), flush=True)
+        if main_rank:
+            print(json.dumps(output, indent=2), flush=True)
         write_outputs()
     except CLIError as err:
-        print(f"Error: {err}", file=sys.stderr)
+        if main_rank:
+            print(f"Error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
     except OSError as err:  # a path problem met on the way
-        print(f"Error: {os_error_line(err)}", file=sys.stderr)
+        if main_rank:
+            print(f"Error: {os_error_line(err)}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
-        print(
-            "\nInterrupted. Per-image results written so far are kept: rerun the "
-            "same command (with --per-image -d) to resume.",
-            file=sys.stderr,
-        )
+        if main_rank:
+            print(
+                "\nInterrupted. Per-image results written so far are kept: rerun "
+                "the same command (with --per-image -d) to resume.",
+                file=sys.stderr,
+            )
         raise SystemExit(130) from None
 
 

@@ -1,4 +1,4 @@
-"""The per-image loop: inference, adaptation statistics, progress, resume."""
+"""The per-image loop: inference, adaptation statistics, step bar, resume."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import dataclasses
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import torch
 from compressai.ops import compute_padding
@@ -21,14 +21,22 @@ from . import CLIError
 from .images import PaddedForward, compute_metrics, read_image
 from .results import adaptation_results, jsonable, load_done, per_image_path
 
-__all__ = ["Job", "StepBar", "evaluate_run", "infer"]
+__all__ = [
+    "ImageResults",
+    "Job",
+    "StepBar",
+    "Tracker",
+    "collect",
+    "evaluate_run",
+    "infer",
+]
 
 
 @dataclasses.dataclass
 class Job:
     """One model evaluated on every image for one rate point."""
 
-    model: torch.nn.Module
+    model: Optional[torch.nn.Module]  # None once the rate point is done
     architecture: str
     trained_net: str
     settings: Optional[dict[str, Any]] = None  # adaptation settings (-lora)
@@ -38,11 +46,13 @@ class Job:
 
 
 class StepBar:
-    """AdaptConfig callback that drives a second tqdm bar over the steps."""
+    """AdaptConfig callback that drives a second tqdm bar over the steps;
+    ``poll`` is called at each step too (to refresh the run's bar)."""
 
-    def __init__(self) -> None:
+    def __init__(self, poll: Optional[Callable[[], None]] = None) -> None:
         self.bar: Optional[tqdm] = None
         self.phase: Optional[str] = None
+        self.poll = poll
 
     def __call__(self, info: dict[str, Any]) -> None:
         if self.bar is None:
@@ -59,6 +69,8 @@ class StepBar:
         }
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(1)
+        if self.poll is not None:
+            self.poll()
 
     def new_image(self) -> None:
         self.phase = None
@@ -99,29 +111,50 @@ def infer(
     return rv, stats
 
 
+class Tracker(Protocol):
+    """What the loop reports per image (:class:`~.shard.Shard` implements it)."""
+
+    line_prefix: str
+
+    def start(self, filepath: Path) -> None: ...
+
+    def computing(self) -> None: ...
+
+    def finish(self, computed: bool) -> None: ...
+
+
+#: one image's results: ``(results, sent choice)`` of each job, in job order
+ImageResults = list[tuple[dict[str, Any], Optional[str]]]
+
+
 def evaluate_run(
     jobs: list[Job],
-    filepaths: list[Path],
+    images: Sequence[tuple[int, Path]],
     args: argparse.Namespace,
     vbr_stage: Optional[int],
     vbr_scale: Optional[Tensor],
     step_bar: Optional[StepBar],
-) -> None:
-    """Evaluate every job on every image (images outer, so a base and its -lora
-    model see each image back to back); fills ``job.per_image``.
+    tracker: Tracker,
+) -> dict[int, ImageResults]:
+    """Evaluate every job on the ``(index, path)`` images (images outer, so a
+    base and its -lora model see each image back to back).
 
     With ``--per-image`` each result is written at once; unless
     ``--overwrite``, results stored with the same settings are loaded instead.
+
+    Returns:
+        ``{image index: [(results, choice) of each job]}``.
     """
     per_image_description = (
         "entropy-estimation" if args.entropy_estimation else args.entropy_coder
     )
     resumable = args.per_image and not args.overwrite
-    images = tqdm(
-        filepaths, desc=jobs[-1].trained_net, unit="img", position=0, dynamic_ncols=True
-    )
-    for filepath in images:
+    out: dict[int, ImageResults] = {}
+    for index, filepath in images:
+        tracker.start(filepath)
         x: Optional[Tensor] = None
+        computed = False
+        results: ImageResults = []
         for job in jobs:
             path = None
             if args.per_image:
@@ -133,6 +166,9 @@ def evaluate_run(
                 rv = done["results"]
                 stats = done.get("adaptation") or {}
             else:
+                if not computed:
+                    tracker.computing()
+                    computed = True
                 if x is None:
                     device = next(job.model.parameters()).device
                     x = read_image(filepath).to(device)
@@ -156,14 +192,27 @@ def evaluate_run(
                             f"cannot write per-image results {path}: "
                             f"{err.strerror or err}"
                         ) from None
-            job.per_image.append(rv)
-            if stats.get("choice") is not None:
-                job.choices[str(stats["choice"])] += 1
+            choice = stats.get("choice")
+            results.append((rv, None if choice is None else str(choice)))
             if args.verbose:
                 tqdm.write(
-                    _image_line(filepath, job, rv, stats, done is not None),
+                    tracker.line_prefix
+                    + _image_line(filepath, job, rv, stats, done is not None),
                     file=sys.stderr,
                 )
+        out[index] = results
+        tracker.finish(computed)
+    return out
+
+
+def collect(jobs: list[Job], images: Sequence[ImageResults]) -> None:
+    """Append each image's results to ``job.per_image`` and count the choices,
+    in the order of ``images``."""
+    for results in images:
+        for job, (rv, choice) in zip(jobs, results):
+            job.per_image.append(rv)
+            if choice is not None:
+                job.choices[choice] += 1
 
 
 def _image_line(filepath: Path, job: Job, rv: dict, stats: dict, resumed: bool):
