@@ -25,6 +25,12 @@ never part of ``state_dict()``, and the wrapped convolution keeps its host
 state-dict keys (``g_s.1.conv1.weight``), so host checkpoints load strictly.
 Nothing merges implicitly: ``merge()``/``unmerge()`` are explicit and
 ``unmerge()`` restores the exact original weight.
+
+For a batch of images, each with its own factors, :meth:`LoRAConv.branch`
+computes the update's output ``conv(x_n, dW_n)`` image by image without
+forming any ``dW_n``: the rank-``r`` structure is a 1x1 projection by
+``P + A``, a per-rank spatial kernel (a grouped convolution) and a 1x1
+expansion by ``B``.
 """
 
 from __future__ import annotations
@@ -73,6 +79,9 @@ class LoRAConv(nn.Module):
         #: optional ``fn(x) -> dW`` used instead of the stored factors (the
         #: optimizer's trainable, gated update); None in normal use
         self.delta_fn: Optional[Callable[[Tensor], Tensor]] = None
+        #: optional ``fn(x) -> output`` added to the base convolution's (the
+        #: per-image updates of a batch, see :meth:`branch`); None normally
+        self.branch_fn: Optional[Callable[[Tensor], Tensor]] = None
         self._projection: Optional[Tensor] = None
         self.gate = False
         self.rank = 0
@@ -156,6 +165,42 @@ class LoRAConv(nn.Module):
             d = torch.einsum("or,ri,rhw->oihw", B, A, K + centre)
         return d.transpose(0, 1) if self.transposed else d
 
+    def branch(self, x: Tensor, A: Tensor, B: Tensor, K: Optional[Tensor] = None):
+        """``conv(x[n], dW_n)`` (no bias) for per-image factors stacked on dim 0.
+
+        ``A``, ``B`` (and ``K``) are shaped ``(n, *factor_shapes()[name])``
+        for the ``n`` images of ``x``; equal to the merged kernel's result up
+        to float rounding, at the cost of a rank-``r`` convolution.
+        """
+        n, r = x.size(0), A.size(1)
+        kh, kw = self.kernel_size
+        if self._projection is None or self._projection.shape != A.shape[1:]:
+            self._projection = self.projection()
+        A = self._projection.to(A) + A
+        if self.form == "full":  # r kernels over C_in per image: n groups
+            w = A.reshape(n, r, self.in_channels, kh, kw)
+            w = w.transpose(1, 2) if self.transposed else w
+            u = x.reshape(1, n * self.in_channels, *x.shape[2:])
+            shape = (n * w.size(1), w.size(2), kh, kw)
+            v = self._grouped(u, w.reshape(shape), n)
+        else:  # project to r channels, one spatial kernel per rank component
+            centre = torch.zeros_like(K)
+            centre[:, :, kh // 2, kw // 2] = 1.0
+            u = torch.einsum("nri,nihw->nrhw", A, x)
+            u = u.reshape(1, n * r, *x.shape[2:])
+            v = self._grouped(u, (K + centre).reshape(n * r, 1, kh, kw), n * r)
+        v = v.view(n, r, *v.shape[2:])
+        return torch.einsum("nor,nrhw->nohw", B, v)
+
+    def _grouped(self, x: Tensor, weight: Tensor, groups: int) -> Tensor:
+        b = self.base
+        if self.transposed:
+            return F.conv_transpose2d(
+                x, weight, None, b.stride, b.padding, b.output_padding, groups,
+                b.dilation,
+            )  # fmt: skip
+        return F.conv2d(x, weight, None, b.stride, b.padding, b.dilation, groups)
+
     def get_delta_weight(self) -> Tensor:
         """The current update ``dW`` (zero when the gate is closed)."""
         if not self.gate:
@@ -197,6 +242,8 @@ class LoRAConv(nn.Module):
         return F.conv2d(x, weight, b.bias, b.stride, b.padding, b.dilation)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.branch_fn is not None:
+            return self.base(x) + self.branch_fn(x)
         if self.delta_fn is not None:
             return self.conv(x, self.base.weight + self.delta_fn(x))
         if self.merged or not self.gate:

@@ -29,12 +29,15 @@ from torch import Tensor
 
 from . import latent_strings, update_stream
 from .adapt.config import AdaptConfig
-from .adapt.engine import adapt_and_compress
+from .adapt.engine import adapt_images, per_image_paddings
 from .adapt.latents import latent_terms
+from .adapt.strings import batch_strings, image_strings
 from .layers import LoRAConv
 
 __all__ = [
     "LoRAModelMixin",
+    "batch_strings",
+    "image_strings",
     "FactorizedPriorLoRA",
     "ScaleHyperpriorLoRA",
     "MeanScaleHyperpriorLoRA",
@@ -80,13 +83,16 @@ class LoRAModelMixin:
         self.adapt_config = cfg
         #: lambda of the quality level the zoo built this model for (or None)
         self.default_lmbda: Optional[float] = None
-        #: statistics of the last ``compress()`` call (choice, bits, times...)
+        #: statistics of the last ``compress()`` call (choice, bits, times...);
+        #: for a batch only ``{"batch_size": B}``, see ``last_adaptations``
         self.last_adaptation: dict[str, Any] = {}
+        #: per image, the statistics of the last ``compress()`` call
+        self.last_adaptations: list[dict[str, Any]] = []
         #: what ``decompress`` gives for the last adapted ``compress()``
         #: (decoded from the real strings while choosing them; None when the
         #: last call did not adapt)
         self.last_reconstruction: Optional[Tensor] = None
-        self._input_padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+        self._input_padding: tuple = (0, 0, 0, 0)  # or one per image
 
     @property
     def adapt_config(self) -> AdaptConfig:
@@ -210,18 +216,17 @@ class LoRAModelMixin:
         return super().decompress(strings, shape)
 
     @contextlib.contextmanager
-    def input_padding(self, padding: Sequence[int]) -> Iterator[None]:
+    def input_padding(self, padding: Sequence) -> Iterator[None]:
         """Within the block, inputs carry ``padding`` (left, right, top, bottom).
 
         The padding CompressAI's tools add (``compute_padding(h, w,
         min_div=2**6)``); the adaptation then optimizes and costs only the
         image's own pixels.  Outside any block the whole input is the image.
+        For a batch, ``padding`` is one such tuple for every image or a
+        sequence of them, one per image.
         """
-        left, right, top, bottom = (int(p) for p in padding)
-        if min(left, right, top, bottom) < 0:
-            raise ValueError(f"padding must be >= 0, got {tuple(padding)}")
         saved = self._input_padding
-        self._input_padding = (left, right, top, bottom)
+        self._input_padding = per_image_paddings(padding)  # checks the values
         try:
             yield
         finally:
@@ -232,33 +237,46 @@ class LoRAModelMixin:
         cfg = self.adapt_config
         return cfg.enabled and (cfg.refine_steps > 0 or cfg.adapt_steps > 0)
 
-    def _adapt(self, x: Tensor):
+    def _adapt(self, x: Tensor) -> list:
+        """Each image's cheapest candidate (``adapt_config.batch_size`` images
+        adapted together); sets ``last_adaptation(s)``/``last_reconstruction``."""
         state = self._adapter_state()
         self.reset_adapters()
         try:
-            best, stats = adapt_and_compress(
-                self, x, self.adapt_config, padding=self._input_padding
+            results = adapt_images(
+                self, x, self.adapt_config, paddings=self._input_padding
             )
         finally:
             self._restore_adapter_state(state)
-        self.last_adaptation = stats
-        self.last_reconstruction = best.x_hat
-        return best
+        bests = [best for best, _ in results]
+        self.last_adaptations = [stats for _, stats in results]
+        if len(results) == 1:
+            self.last_adaptation = self.last_adaptations[0]
+            self.last_reconstruction = bests[0].x_hat
+        else:
+            self.last_adaptation = {"batch_size": len(results)}
+            self.last_reconstruction = torch.cat([b.x_hat for b in bests])
+        return bests
 
     def compress(self, x: Tensor) -> dict[str, Any]:
         """Adapt to ``x`` (if enabled) and code it: host strings + ``[update]``.
 
         With adaptation disabled (or 0 steps) this is the host's ``compress``
-        plus the current adapter state (normally no update: 0 bytes).
+        plus the current adapter state (normally no update: 0 bytes), one
+        update entry for the whole batch.  An adapted batch (Bx3xHxW) gives,
+        as the host's, one string per image in each entry, the update entry
+        too (:func:`image_strings`: each image's own strings).
         """
         if not self.adapts():
             out = super().compress(x)
             out["strings"].append([self.encode_update()])
             self.last_adaptation = {"choice": "disabled"}
+            self.last_adaptations = [{"choice": "disabled"} for _ in x]
             self.last_reconstruction = None
             return out
-        best = self._adapt(x)
-        return {"strings": best.strings + [[best.update]], "shape": best.shape}
+        bests = self._adapt(x)
+        strings = batch_strings([b.strings + [[b.update]] for b in bests])
+        return {"strings": strings, "shape": bests[0].shape}
 
     def forward(self, x: Tensor) -> dict[str, Any]:
         """Host ``forward``; in eval mode with adaptation, the adapted result.
@@ -268,11 +286,14 @@ class LoRAModelMixin:
         """
         if self.training or not self.adapts():
             return super().forward(x)
-        best = self._adapt(x)
+        bests = self._adapt(x)
+        y = torch.cat([b.y for b in bests])
+        z = None if bests[0].z is None else torch.cat([b.z for b in bests])
         with torch.no_grad():
-            _, likelihoods = latent_terms(self, best.y, best.z, torch.round)
-        likelihoods["update"] = x.new_full((len(best.update),), 1 / 256)
-        x_hat = best.x_hat[..., : x.size(-2), : x.size(-1)]
+            _, likelihoods = latent_terms(self, y, z, torch.round)
+        n_bytes = sum(len(b.update) for b in bests)
+        likelihoods["update"] = x.new_full((n_bytes,), 1 / 256)
+        x_hat = torch.cat([b.x_hat for b in bests])[..., : x.size(-2), : x.size(-1)]
         return {"x_hat": x_hat, "likelihoods": likelihoods}
 
     def decompress(self, strings: list, shape) -> dict[str, Tensor]:
@@ -287,6 +308,9 @@ class LoRAModelMixin:
                 "strings must be the host's latent strings plus one update entry"
             )
         entry = strings[-1]
+        if isinstance(entry, (list, tuple)) and len(entry) > 1:  # one per image
+            each = [self.decompress(s, shape) for s in image_strings(strings)]
+            return {"x_hat": torch.cat([d["x_hat"] for d in each])}
         if not isinstance(entry, (list, tuple)) or len(entry) != 1:
             raise ValueError("the last strings entry must be [update_bytes]")
         updates = self.decode_update(entry[0])

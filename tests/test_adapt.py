@@ -266,8 +266,11 @@ def test_checkpoint_model_without_lambda_raises_clearly():
         lora.compress(pixel_art())
 
 
-def test_batch_of_two_is_refused_with_adaptation():
+def test_single_image_engine_refuses_a_batch():
+    """``adapt_and_compress`` takes one image; batches go through
+    ``adapt_images`` (``compress`` does, tests/test_batched.py)."""
+    from compressai_lora.adapt.engine import adapt_and_compress
+
     _, lora = small_pair("bmshj2018-factorized-lora", n=8)
-    lora.adapt_config = AdaptConfig(**FAST)
     with pytest.raises(ValueError, match="one image at a time"):
-        lora.compress(torch.rand(2, 3, 64, 64))
+        adapt_and_compress(lora, torch.rand(2, 3, 64, 64), AdaptConfig(**FAST))

@@ -64,3 +64,14 @@ def test_invalid_values_raise_value_error():
         adapt_config_from_args(parse("--rank", "0"))
     with pytest.raises(ValueError, match="refine_lr"):
         adapt_config_from_args(parse("--refine-lr", "-1"))
+
+
+def test_batch_size_is_a_field_not_yet_a_flag():
+    """AdaptConfig.batch_size drives model.compress on a batch; the tools code one
+    image at a time, so no tool offers --batch-size yet."""
+    assert AdaptConfig().batch_size == 1
+    assert AdaptConfig(batch_size=4).batch_size == 4
+    with pytest.raises(ValueError, match="batch_size"):
+        AdaptConfig(batch_size=0)
+    with pytest.raises(SystemExit):
+        parse("--batch-size", "4")

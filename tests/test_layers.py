@@ -237,3 +237,34 @@ def test_rejects_unsupported_layers():
         LoRAConv(nn.Conv2d(4, 4, 3, groups=2))
     with pytest.raises(ValueError, match="update form"):
         LoRAConv(nn.Conv2d(4, 4, 3), form="dense")
+
+
+def test_branch_is_each_images_update_without_a_merged_kernel(base, form):
+    """``branch`` gives ``conv(x[n], dW_n)`` for per-image factors, and the
+    gradient of one image's output reaches only that image's factors."""
+    layer = LoRAConv(base, form=form)
+    factors = [_random_factors(layer, seed) for seed in range(3)]
+    stacked = {
+        k: torch.stack([f[k] for f in factors]).requires_grad_(True) for k in factors[0]
+    }
+    x = torch.randn(
+        3, layer.in_channels, 7, 9, generator=torch.Generator().manual_seed(2)
+    )
+    out = layer.branch(x, **stacked)
+    for n, f in enumerate(factors):
+        delta = _reference_delta(layer, **f)
+        with torch.no_grad():
+            want = layer.conv(x[n : n + 1], delta) - layer.conv(x[n : n + 1], 0 * delta)
+        assert torch.allclose(out[n : n + 1], want, rtol=1e-4, atol=1e-4)
+    out[1].sum().backward()
+    for value in stacked.values():
+        assert value.grad[1].abs().sum() > 0
+        assert torch.count_nonzero(value.grad[[0, 2]]) == 0
+
+
+def test_branch_fn_adds_to_the_base_output(base):
+    layer = LoRAConv(base)
+    x = _x(layer)
+    layer.branch_fn = lambda t: torch.ones_like(base(t))
+    with torch.no_grad():
+        assert torch.equal(layer(x), base(x) + 1)

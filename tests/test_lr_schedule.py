@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_determinism import _image, _model  # noqa: E402  (same directory)
 
-from compressai_lora.adapt import AdaptConfig, clock, refine, update
+from compressai_lora.adapt import AdaptConfig, clock, refine, update_loop
 from compressai_lora.adapt.clock import LR_FLOOR, LR_HOLD, Deadline, lr_factor
 
 
@@ -50,7 +50,7 @@ def test_each_phase_follows_its_schedule(monkeypatch, schedule):
         return set_lr
 
     monkeypatch.setattr(refine, "set_lr", recording("refine"))
-    monkeypatch.setattr(update, "set_lr", recording("adapt"))
+    monkeypatch.setattr(update_loop, "set_lr", recording("adapt"))
     model = _model("bmshj2018-hyperprior-lora")
     cfg = AdaptConfig(
         refine_steps=12, adapt_steps=14, gate_steps=4, patience=0,

@@ -23,6 +23,7 @@ from compressai_lora.checkpoint import (
     sha256,
 )
 from compressai_lora.host import ENTROPY_BUFFERS
+from compressai_lora.host import bottleneck_medians as host_medians
 from compressai_lora.utils.train.__main__ import ImageBank, main
 from compressai_lora.utils.train.models import base_architectures, build_model
 from compressai_lora.utils.train.quantizer import decoder_quantizer
@@ -203,7 +204,9 @@ def test_16_bit_images_keep_their_range(tmp_path):
     assert bank.images[0].unique().tolist() == [round(30000 / 257)]  # 117
 
 
-@pytest.mark.parametrize("arch", sorted(base_architectures()))
+@pytest.mark.parametrize(
+    "arch", sorted(a for a in base_architectures() if not a.endswith("-vbr"))
+)
 def test_ste_quantizer_feeds_g_s_the_decoders_latents(arch):
     """``ste``: g_s decodes round(y - mu) + mu, the rate is still the noisy one."""
     torch.manual_seed(0)
@@ -240,7 +243,7 @@ def test_ste_quantizer_feeds_g_s_the_decoders_latents(arch):
         if kind == "ste":
             mu = mu_of.get("mu")
             if not hasattr(net, "gaussian_conditional"):
-                mu = net.entropy_bottleneck._get_medians().detach()
+                mu = host_medians(net.entropy_bottleneck).detach()
             q = torch.round(y) if mu is None else torch.round(y - mu) + mu
             assert torch.allclose(v, q, atol=1e-5)
             v.sum().backward()  # straight through: the encoder gets a gradient

@@ -82,6 +82,9 @@ class AdaptConfig:
         metric: distortion, "mse" or "ms-ssim"
         seed: seed of every random choice (same seed, same bytes)
         threads: torch threads while optimizing (None: leave torch's setting)
+        batch_size: most images adapted together: ``compress()`` of a larger
+            batch adapts it in batches of this size; each image's result is
+            its unbatched one up to float rounding (same choice and gates)
         patience: stop a phase after this many steps without a better loss
             (0: never stop early)
         lr_schedule: learning rate over each phase, one of ``LR_SCHEDULES``
@@ -107,6 +110,7 @@ class AdaptConfig:
     metric: str = "mse"
     seed: int = 0
     threads: Optional[int] = None
+    batch_size: int = 1
     patience: int = 30
     lr_schedule: str = "constant"
     time_budget: Optional[float] = None
@@ -135,6 +139,8 @@ class AdaptConfig:
             raise ValueError(f"lmbda must be > 0, got {self.lmbda}")
         if self.time_budget is not None and not self.time_budget > 0:
             raise ValueError(f"time_budget must be > 0, got {self.time_budget}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
 

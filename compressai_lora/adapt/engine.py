@@ -8,13 +8,18 @@
 3. Never worse: base, refined-only and refined + update are coded for real
    (bytes from the range coder, distortion from the real decoder output) and
    the cheapest RD cost ``J`` is sent (:mod:`.candidates`).
+
+Images of one size can be adapted together (:func:`adapt_batch`): the steps
+of both phases run on the batch, everything else (coding, checkpoints, gate
+decisions, early stops, the choice) per image, so each image gets its
+unbatched result up to float rounding.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,10 +30,21 @@ from .clock import Deadline
 from .config import AdaptConfig
 from .latents import analyse
 from .objective import finite
-from .refine import refine_latents
-from .update import UpdateTrainer
+from .refine import refine_batch
+from .update_loop import UpdateTrainer
 
-__all__ = ["adapt_and_compress", "frozen", "pad_to_multiple", "torch_threads"]
+#: (left, right, top, bottom) pixels of an input that are the caller's padding
+Padding = tuple[int, int, int, int]
+
+__all__ = [
+    "adapt_and_compress",
+    "adapt_batch",
+    "adapt_images",
+    "per_image_paddings",
+    "frozen",
+    "pad_to_multiple",
+    "torch_threads",
+]
 
 
 @contextlib.contextmanager
@@ -88,7 +104,7 @@ def adapt_and_compress(
     x: Tensor,
     cfg: AdaptConfig,
     callback: Optional[Callable] = None,
-    padding: tuple[int, int, int, int] = (0, 0, 0, 0),
+    padding: Padding = (0, 0, 0, 0),
 ) -> tuple[Candidate, dict[str, Any]]:
     """Adapt ``model`` to ``x`` (1 image) and return the cheapest candidate.
 
@@ -101,69 +117,182 @@ def adapt_and_compress(
             f"adaptation works on one image at a time, got input of shape "
             f"{tuple(x.shape)} (expected 1x3xHxW)"
         )
+    return adapt_batch(model, x, cfg, callback, [padding])[0]
+
+
+def per_image_paddings(padding: Sequence, n: Optional[int] = None):
+    """``padding`` checked: one ``(left, right, top, bottom)`` for every image
+    (returned as a tuple) or a sequence of them, one per image (a list).
+    With ``n``, the list of the ``n`` images' paddings.
+
+    Raises:
+        ValueError: a padding is not 4 values >= 0, or not one per image.
+    """
+    per_image = len(padding) > 0 and hasattr(padding[0], "__len__")
+    pads = [tuple(int(v) for v in p) for p in (padding if per_image else [padding])]
+    if any(len(p) != 4 or min(p) < 0 for p in pads):
+        raise ValueError(f"padding must be 4 values >= 0, got {padding}")
+    if n is None:
+        return pads if per_image else pads[0]
+    if not per_image:
+        return pads * n
+    if len(pads) != n:
+        raise ValueError(f"{len(pads)} paddings for {n} images")
+    return pads
+
+
+def adapt_images(
+    model,
+    x: Tensor,
+    cfg: AdaptConfig,
+    callback: Optional[Callable] = None,
+    paddings: Sequence = (0, 0, 0, 0),
+) -> list[tuple[Candidate, dict[str, Any]]]:
+    """Adapt to each image of ``x`` (Bx3xHxW), ``cfg.batch_size`` at a time.
+
+    ``paddings``: one padding for every image or one per image (see
+    :func:`adapt_batch`).  Returns each image's cheapest candidate and stats,
+    in order; with several images in ``x`` the callback's ``"image"`` is the
+    index in ``x``.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"expected Bx3xHxW images, got shape {tuple(x.shape)}")
+    pads = per_image_paddings(paddings, x.size(0))
+    cb = callback or cfg.callback
+    out: list[tuple[Candidate, dict[str, Any]]] = []
+    for start in range(0, x.size(0), cfg.batch_size):
+        chunk = x[start : start + cfg.batch_size]
+        chunk_cb = cb
+        if cb and x.size(0) > 1:  # name the image in x
+            chunk_cb = lambda i, s=start: cb({**i, "image": i.get("image", 0) + s})  # noqa: E731
+        out += adapt_batch(
+            model, chunk, cfg, chunk_cb, pads[start : start + len(chunk)]
+        )
+    return out
+
+
+def _targets(x: Tensor, paddings, lmbda: float, metric: str) -> list[Target]:
+    """Each image's own pixels (``x`` less its padding) and where they sit."""
+    targets = []
+    for n, padding in enumerate(paddings):
+        left, right, top, bottom = padding
+        h, w = x.size(-2) - top - bottom, x.size(-1) - left - right
+        if min(padding) < 0 or h < 1 or w < 1:
+            raise ValueError(
+                f"padding {padding} does not fit an input of {tuple(x.shape)}"
+            )
+        image = x[n : n + 1, :, top : top + h, left : left + w]
+        targets.append(Target(image, (top, left), lmbda, metric))
+    return targets
+
+
+def adapt_batch(
+    model,
+    x: Tensor,
+    cfg: AdaptConfig,
+    callback: Optional[Callable] = None,
+    paddings: Optional[Sequence[Padding]] = None,
+) -> list[tuple[Candidate, dict[str, Any]]]:
+    """Adapt ``model`` to the images of ``x`` (Bx3xHxW) together.
+
+    Each image gets its unbatched result up to float rounding: its own base
+    codec, refinement, update, gate decisions and never-worse choice; the
+    steps of both phases run on the batch.  ``paddings`` (one per image, see
+    :func:`adapt_and_compress`; default none) may differ between images.  A
+    batch shares the wall time: each image's ``refine_time``/``adapt_time``
+    (and the time budget) are the batch's, and its stats say ``batch_size``
+    when B > 1.
+    """
+    if x.dim() != 4 or x.size(0) < 1:
+        raise ValueError(
+            f"adaptation needs a batch of images, got input of shape "
+            f"{tuple(x.shape)} (expected Bx3xHxW)"
+        )
     lmbda = _lmbda(model, cfg)
     if not finite(x):
         raise ValueError("input image contains NaN or inf")
-    left, right, top, bottom = padding
-    h, w = x.size(-2) - top - bottom, x.size(-1) - left - right
-    if min(padding) < 0 or h < 1 or w < 1:
-        raise ValueError(f"padding {padding} does not fit an input of {tuple(x.shape)}")
-    image = x[..., top : top + h, left : left + w]
-    target = Target(image, (top, left), lmbda, cfg.metric)
+    size = x.size(0)
+    targets = _targets(x, paddings or [(0, 0, 0, 0)] * size, lmbda, cfg.metric)
     cb = callback or cfg.callback
     xp = pad_to_multiple(x, model.downsampling_factor)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    stats: dict[str, Any] = {"lmbda": lmbda}
-    diverged, stopped = [], []  # why phases ended early (divergence, budget)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        y0, z0 = analyse(model, xp)
-    base = latent_candidate(model, "base", target, xp, y0, z0)
-    candidates = [base]
-    stats["base_time"] = time.perf_counter() - t0
+    stats: list[dict[str, Any]] = [{"lmbda": lmbda} for _ in range(size)]
+    # per image, why phases ended early (divergence, budget)
+    diverged: list[list] = [[] for _ in range(size)]
+    stopped: list[list] = [[] for _ in range(size)]
+    candidates = []
+    for n in range(size):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            y0, z0 = analyse(model, xp[n : n + 1])
+        candidates.append(
+            [latent_candidate(model, "base", targets[n], xp[n : n + 1], y0, z0)]
+        )
+        stats[n]["base_time"] = time.perf_counter() - t0
+
+    def record(n: int, s: dict[str, Any]) -> None:
+        diverged[n] += [s.pop("diverged")] if "diverged" in s else []
+        stopped[n] += [s.pop("stopped")] if "stopped" in s else []
+        stats[n].update(s)
 
     t0 = time.perf_counter()
     budget = cfg.time_budget
-    refined = base
+    refined = [c[0] for c in candidates]
     if cfg.refine_steps > 0:
         share = cfg.refine_steps / (cfg.refine_steps + cfg.adapt_steps)
         deadline = Deadline(None if budget is None else budget * share)
+        gens = [_generator(x.device, cfg.seed) for _ in range(size)]
         with torch.enable_grad(), frozen(model), torch_threads(cfg.threads):
-            y, z, s = refine_latents(
-                model, image, y0, z0, lmbda, cfg, gen, cb, (top, left), deadline
-            )
-        diverged += [s.pop("diverged")] if "diverged" in s else []
-        stopped += [s.pop("stopped")] if "stopped" in s else []
-        stats.update(s)
-        refined = latent_candidate(model, "refined", target, xp, y, z)
-        candidates.append(refined)
-    stats["refine_time"] = time.perf_counter() - t0
+            results = refine_batch(
+                model, [t.x for t in targets], [c.y for c in refined],
+                [c.z for c in refined], lmbda, cfg, gens, cb,
+                [t.offset for t in targets], deadline,
+            )  # fmt: skip
+        for n, (y, z, s) in enumerate(results):
+            record(n, s)
+            c = latent_candidate(model, "refined", targets[n], xp[n : n + 1], y, z)
+            refined[n] = c
+            candidates[n].append(c)
+    refine_time = time.perf_counter() - t0
+    for st in stats:
+        st["refine_time"] = refine_time
 
     t1 = time.perf_counter()
     if cfg.adapt_steps > 0:
         left_s = None if budget is None else max(budget - (t1 - t0), 0.0)
         with torch.enable_grad(), frozen(model), torch_threads(cfg.threads):
-            trainer = UpdateTrainer(model, refined, target, cfg, cb)
-            update, s = trainer.run(Deadline(left_s))
-        diverged += [s.pop("diverged")] if "diverged" in s else []
-        stopped += [s.pop("stopped")] if "stopped" in s else []
-        stats.update(s)
-        if update is not None:
-            candidates.append(update)
-    stats["adapt_time"] = time.perf_counter() - t1
+            trainer = UpdateTrainer(model, refined, targets, cfg, cb)
+            updates = trainer.run(Deadline(left_s))
+        for n, (update, s) in enumerate(updates):
+            record(n, s)
+            candidates[n] += [] if update is None else [update]
+    adapt_time = time.perf_counter() - t1
+    for st in stats:
+        st["adapt_time"] = adapt_time
 
-    best = min(candidates, key=lambda c: c.J)
+    out = []
     layer_names = list(model.adapters())
-    stats.update(
-        {
-            "choice": best.name,
-            "J": {c.name: c.J for c in candidates},
-            "bpp": {c.name: c.bpp for c in candidates},
-            "dist": {c.name: c.dist for c in candidates},
-            "update_bits": 8 * len(best.update),
-            "open_gates": [layer_names[i] for i in best.extra.get("open_gates", [])],
-            "diverged": diverged,
-            "stopped": stopped,
-        }
-    )
-    return best, stats
+    for n, cands in enumerate(candidates):
+        best = min(cands, key=lambda c: c.J)
+        stats[n].update(
+            {
+                "choice": best.name,
+                "J": {c.name: c.J for c in cands},
+                "bpp": {c.name: c.bpp for c in cands},
+                "dist": {c.name: c.dist for c in cands},
+                "update_bits": 8 * len(best.update),
+                "open_gates": [
+                    layer_names[i] for i in best.extra.get("open_gates", [])
+                ],
+                "diverged": diverged[n],
+                "stopped": stopped[n],
+            }
+        )
+        if size > 1:
+            stats[n]["batch_size"] = size
+        out.append((best, stats[n]))
+    return out
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    """A generator on ``device`` seeded with ``seed`` (the SGA noise)."""
+    return torch.Generator(device=device).manual_seed(seed)

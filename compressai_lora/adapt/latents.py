@@ -63,15 +63,13 @@ def analyse(model: nn.Module, x: Tensor) -> tuple[Tensor, Optional[Tensor]]:
 def _bottleneck(eb: EntropyBottleneck, z: Tensor, rnd: Rounding):
     """Round around the medians (as ``compress`` does) and get likelihoods."""
     perm = (1, 0, 2, 3)
-    values = z.permute(*perm).reshape(z.size(1), 1, -1)
-    medians = host.bottleneck_medians(eb).detach()
-    z_hat = rnd(values - medians) + medians
-    lik = host.bottleneck_likelihood(eb, z_hat)
+    medians = host.bottleneck_medians(eb).detach().view(1, -1, 1, 1)
+    z_hat = rnd(z - medians) + medians  # image-major, so SGA noise is per image
+    lik = host.bottleneck_likelihood(eb, z_hat.permute(*perm).reshape(z.size(1), 1, -1))
     if eb.use_likelihood_bound:
         lik = eb.likelihood_lower_bound(lik)
     shape = (z.size(1), z.size(0), z.size(2), z.size(3))
-    unflat = lambda t: t.reshape(shape).permute(*perm)  # noqa: E731
-    return unflat(z_hat), unflat(lik)
+    return z_hat, lik.reshape(shape).permute(*perm)
 
 
 def _gaussian(gc: GaussianConditional, y_hat: Tensor, scales, means) -> Tensor:

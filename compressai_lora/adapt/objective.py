@@ -12,6 +12,7 @@ from torch import Tensor
 
 __all__ = [
     "LATENT_LIMIT",
+    "batch_loss",
     "coded_distortion",
     "crop_to",
     "distortion",
@@ -53,6 +54,12 @@ def coded_distortion(
     a = (x * 255).clamp(0, 255).round() / 255
     b = (crop_to(x_hat, x, offset) * 255).clamp(0, 255).round() / 255
     return float(distortion(b, a, metric))
+
+
+def batch_loss(losses: list[Tensor]) -> Tensor:
+    """A batch's loss: the sum of its images' (one image: its loss as is), so
+    each image's gradient is its own."""
+    return losses[0] if len(losses) == 1 else torch.stack(losses).sum()
 
 
 def rate_bpp(likelihoods: dict[str, Tensor], pixels: int) -> Tensor:

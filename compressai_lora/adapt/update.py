@@ -1,5 +1,5 @@
-"""Phase 2: the low-rank decoder update, trained on the ``y_hat`` the real
-decoder sees (the refined candidate's), with its bits in the loss.
+"""Phase 2: one image's low-rank decoder update, trained on the ``y_hat`` the
+real decoder sees (the refined candidate's), with its bits in the loss.
 
 1. Warm-up: the factors of every adapted layer train together for
    ``cfg.gate_steps`` steps (straight-through quantized; they start at zero,
@@ -17,13 +17,13 @@ decoder sees (the refined candidate's), with its bits in the loss.
    (``cfg.patience`` steps without a better one end the phase).  A greedy
    pass on real costs then closes the layers that no longer pay.
 
-Only ``g_s`` runs, and its blocks before the first open adapter are cached.
+:class:`ImageUpdate` holds one image's factors and makes its decisions (all
+on the image alone); :mod:`.update_loop` trains a batch of them together.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -31,10 +31,9 @@ from torch import Tensor
 from .. import update_stream
 from ..priors import tensor_bits
 from .candidates import Candidate, Target, prune_by_real_cost, update_candidate
-from .clock import Deadline, lr_factor, set_lr
-from .objective import crop_to, distortion, diverged, finite, progress, sane
+from .objective import sane
 
-__all__ = ["EVAL_EVERY", "UpdateTrainer", "first_adapted_block"]
+__all__ = ["EVAL_EVERY", "ImageUpdate", "first_adapted_block"]
 
 EVAL_EVERY = 10
 
@@ -49,24 +48,24 @@ def first_adapted_block(model, paths=None) -> int:
 
 
 def _ste_round(t: Tensor) -> Tensor:
+    """Rounding with a straight-through gradient."""
     return t + (torch.round(t) - t).detach()
 
 
-class UpdateTrainer:
-    """Owns the trainable factors of one image's update and trains them.
+class ImageUpdate:
+    """One image's trainable update: factors, open layers, real-cost choices.
 
     Args:
         model: a ``-lora`` model (frozen, adapters reset)
         refined: the candidate whose latents the update is trained for
         target: the image and RD trade-off (see :class:`Target`)
         cfg: the AdaptConfig
-        callback: progress callback (or None)
+        index: the image's place in its batch
     """
 
-    def __init__(self, model, refined: Candidate, target: Target, cfg, callback):
+    def __init__(self, model, refined: Candidate, target: Target, cfg, index=0):
         self.model, self.refined, self.target = model, refined, target
-        self.cfg, self.callback = cfg, callback
-        self.adapters = list(model.adapters().values())
+        self.cfg, self.index = cfg, index
         self.names = list(model.lora_layers)
         self.step = update_stream.step_from_code(cfg.step_code)
         self.limit = self.step * update_stream.MAX_SYMBOL / 4
@@ -76,19 +75,38 @@ class UpdateTrainer:
                 k: v.to(device).requires_grad_(True)
                 for k, v in m.initial_factors().items()
             }
-            for m in self.adapters
+            for m in model.adapters().values()
         ]
-        self.open = list(range(len(self.adapters)))
-        self.opt = torch.optim.Adam(
-            [t for f in self.factors for t in f.values()], lr=cfg.adapt_lr
-        )
+        self.open = list(range(len(self.factors)))
+        self.split = self.first_block()
+        self.best: Optional[Candidate] = None
+        self.since = 0
+        self.iters: Optional[int] = None  # steps done, once it has stopped
         self.stats: dict[str, Any] = {}
 
+    def leaves(self) -> list[Tensor]:
+        return [t for f in self.factors for t in f.values()]
+
+    def first_block(self) -> int:
+        """The first ``g_s`` block with an open adapter (blocks before it are
+        the same with or without the update)."""
+        return first_adapted_block(self.model, [self.names[i] for i in self.open])
+
     # -- the update --------------------------------------------------------
-    def _quantized(self, i: int) -> dict[str, Tensor]:
+    def quantized(self, i: int) -> dict[str, Tensor]:
+        """Layer ``i``'s factors, straight-through quantized."""
         return {
             k: _ste_round(v / self.step) * self.step for k, v in self.factors[i].items()
         }
+
+    def bpp(self) -> Tensor:
+        """Differentiable bits of the open layers' factors, per pixel."""
+        bits = sum(
+            tensor_bits(_ste_round(v / self.step))
+            for i in self.open
+            for v in self.factors[i].values()
+        )
+        return bits / self.target.pixels
 
     def updates(self, layers) -> dict[int, update_stream.LayerUpdate]:
         """The quantized updates of ``layers`` that are not all zero."""
@@ -110,36 +128,7 @@ class UpdateTrainer:
             self.model, self.refined, updates, self.cfg.step_code, self.target
         )
 
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        """The open layers compute with the trainable update inside the block."""
-        for i in self.open:
-            m = self.adapters[i]
-            m.delta_fn = lambda _x, i=i, m=m: m.delta_from(**self._quantized(i))
-        try:
-            yield
-        finally:
-            for m in self.adapters:
-                m.delta_fn = None
-
-    # -- training ------------------------------------------------------------
-    def _prefix(self) -> tuple[int, Tensor]:
-        """Run the blocks before the first open adapter once, keep the output."""
-        split = first_adapted_block(self.model, [self.names[i] for i in self.open])
-        with torch.no_grad():
-            return split, self.model.g_s[:split](self.refined.extra["y_hat"])
-
-    def _loss(self, split: int, feat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        x, t = self.target.x, self.target
-        x_hat = crop_to(self.model.g_s[split:](feat), x, t.offset).clamp(0, 1)
-        bits = sum(
-            tensor_bits(_ste_round(v / self.step))
-            for i in self.open
-            for v in self.factors[i].values()
-        )
-        bpp = bits / t.pixels
-        return t.lmbda * distortion(x_hat, x, self.cfg.metric) + bpp, bpp, x_hat
-
+    # -- decisions ---------------------------------------------------------
     def decide(self) -> Optional[Candidate]:
         """Keep the layers whose update pays, by the real coded cost.
 
@@ -162,87 +151,7 @@ class UpdateTrainer:
         self.stats["gates_J"] = None if current is None else current.J
         return current
 
-    def run(
-        self, deadline: Optional[Deadline] = None
-    ) -> tuple[Optional[Candidate], dict[str, Any]]:
-        """Train; returns the best real candidate (None: no update pays).
-
-        At the ``deadline`` the current update gets a last real check and the
-        phase ends.
-        """
-        cfg = self.cfg
-        deadline = deadline or Deadline(None)
-        warmup = min(cfg.gate_steps, cfg.adapt_steps)
-        best: Optional[Candidate] = None
-        since, t = 0, -1
-        split, feat = self._prefix()
-        for t in range(cfg.adapt_steps):
-            if deadline.due() and t > 0:
-                self.stats["stopped"] = {
-                    "phase": "adapt",
-                    "step": t,
-                    "reason": "budget",
-                }
-                if "gates" not in self.stats:  # no time for the per-layer checks
-                    best = self._undecided()
-                elif self.open:
-                    best = self._better(best)
-                t -= 1
-                break
-            if t == warmup:
-                best, since = self.decide(), 0  # the decision's coded update
-                if not self.open:
-                    break
-                split, feat = self._prefix()
-            if t >= warmup:  # the warm-up trains at the full rate
-                done = (t - warmup) / max(cfg.adapt_steps - warmup - 1, 1)
-                done = max(done, deadline.fraction())
-                set_lr(self.opt, cfg.adapt_lr * lr_factor(cfg.lr_schedule, done))
-            with self.installed():
-                loss, bpp, x_hat = self._loss(split, feat)
-            if not finite(loss):
-                self.stats["diverged"] = diverged("adapt", t, "non-finite loss")
-                break
-            self.opt.zero_grad()
-            loss.backward()
-            self.opt.step()
-            if not sane(
-                *(v for f in self.factors for v in f.values()), limit=self.limit
-            ):
-                self.stats["diverged"] = diverged("adapt", t, "factors out of range")
-                break
-            since += 1
-            last = t == cfg.adapt_steps - 1
-            if t >= warmup and ((t + 1 - warmup) % EVAL_EVERY == 0 or last):
-                before, best = best, self._better(best)
-                since = 0 if best is not before else since
-            if self.callback:
-                self.callback(
-                    progress(
-                        "adapt",
-                        t,
-                        cfg.adapt_steps,
-                        loss,
-                        bpp,
-                        x_hat,
-                        self.target.x,
-                        len(self.open),
-                    )
-                )
-            deadline.tick()
-            if t >= warmup and cfg.patience and since >= cfg.patience:
-                break
-        if "gates" not in self.stats and "diverged" not in self.stats:
-            best = self.decide()  # the phase ended before the decision
-        self.stats.update(adapt_iters=t + 1, gates_open=len(self.open), split=split)
-        if best is None or "stopped" in self.stats:
-            return best, self.stats  # out of time: no pruning pass
-        final = prune_by_real_cost(
-            self.model, self.refined, best, cfg.step_code, self.target
-        )
-        return final, self.stats
-
-    def _undecided(self) -> Optional[Candidate]:
+    def undecided(self) -> Optional[Candidate]:
         """The warm update of every layer, coded once: the budget ended the
         warm-up, and the per-layer checks would code it once per layer more."""
         self.stats["gates"] = {
@@ -252,7 +161,23 @@ class UpdateTrainer:
         self.stats["gates_J"] = None if current is None else current.J
         return current
 
-    def _better(self, best: Optional[Candidate]) -> Optional[Candidate]:
-        """The open layers' current update, coded for real, if it beats ``best``."""
+    def better(self) -> Optional[Candidate]:
+        """The open layers' current update, coded for real, if it beats the best."""
         c = self.real(self.open)
+        best = self.best
         return c if c is not None and (best is None or c.J < best.J) else best
+
+    def result(self, iters: int) -> tuple[Optional[Candidate], dict[str, Any]]:
+        """The image's final candidate after ``iters`` steps (None: no update
+        pays); the greedy pruning pass unless the budget stopped it."""
+        if "gates" not in self.stats and "diverged" not in self.stats:
+            self.best = self.decide()  # the phase ended before the decision
+        self.stats.update(
+            adapt_iters=iters, gates_open=len(self.open), split=self.split
+        )
+        if self.best is None or "stopped" in self.stats:
+            return self.best, self.stats  # out of time: no pruning pass
+        final = prune_by_real_cost(
+            self.model, self.refined, self.best, self.cfg.step_code, self.target
+        )
+        return final, self.stats

@@ -33,6 +33,8 @@ def settings_of(cfg: AdaptConfig) -> dict[str, Any]:
         f.name: getattr(cfg, f.name)
         for f in dataclasses.fields(cfg)
         if f.name != "callback"
+        # one image at a time: the key of results stored before batching existed
+        and not (f.name == "batch_size" and cfg.batch_size == 1)
     }
 
 

@@ -15,6 +15,8 @@ from typing import Iterator, Optional
 import torch
 import torch.nn as nn
 
+from ... import host
+
 __all__ = ["QUANTIZERS", "decoder_quantizer"]
 
 QUANTIZERS = ("noise", "ste")
@@ -50,7 +52,7 @@ def decoder_quantizer(net: nn.Module, kind: str) -> Iterator[None]:
     def from_bottleneck(module, args, kwargs):
         y = args[0]
         seen["y"] = y
-        seen["mu"] = module._get_medians().detach()
+        seen["mu"] = host.bottleneck_medians(module).detach()
 
     def into_g_s(module, args):
         if "y" not in seen:

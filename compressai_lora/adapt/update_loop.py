@@ -1,0 +1,209 @@
+"""Phase 2 for a batch: the images' updates trained together.
+
+Every image keeps its own factors, open layers, real-cost checkpoints, gate
+decisions, early stop and divergence check (:class:`.update.ImageUpdate`,
+the unbatched logic applied to each image); only the step is shared.  The
+loss is the sum of the images' losses, so each image's gradient is its own,
+and Adam is elementwise.  Each step runs only ``g_s`` from the first block
+any active image adapts (the blocks before it are cached for the batch).
+One image computes its update as a kernel delta (what ``decompress`` merges);
+a batch applies its images' as a batched low-rank branch (``LoRAConv.branch``):
+no per-image kernel inside the loop, and no gradient of a full kernel (on the
+CPU a 64-channel 3x3 adapted convolution steps about 1.8x faster so).  An
+image that has stopped leaves the batch: its factors get no gradient and no
+Adam step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .candidates import Candidate, Target
+from .clock import Deadline, lr_factor, set_lr
+from .objective import (
+    batch_loss,
+    crop_to,
+    distortion,
+    diverged,
+    finite,
+    progress,
+    sane,
+)
+from .update import EVAL_EVERY, ImageUpdate
+
+__all__ = ["UpdateTrainer"]
+
+Result = tuple[Optional[Candidate], dict[str, Any]]
+
+
+def _branch(m, images: list[ImageUpdate], layer: int, rows: list[int], x: Tensor):
+    """Layer ``layer``'s update output for the ``rows`` of ``x`` (``images``)."""
+    factors = [s.quantized(layer) for s in images]
+    stacked = {k: torch.stack([f[k] for f in factors]) for k in factors[0]}
+    if len(rows) == x.size(0):
+        return m.branch(x, **stacked)
+    idx = torch.tensor(rows, device=x.device)
+    out = m.branch(x.index_select(0, idx), **stacked)
+    return out.new_zeros((x.size(0), *out.shape[1:])).index_copy(0, idx, out)
+
+
+class UpdateTrainer:
+    """Trains the updates of a batch of images (one image: a batch of one).
+
+    Args:
+        model: a ``-lora`` model (frozen, adapters reset)
+        refined: per image, the candidate whose latents its update is for
+        targets: per image, the image and RD trade-off (see :class:`Target`)
+        cfg: the AdaptConfig
+        callback: progress callback (or None); with several images its dict
+            has ``"image"``, the image's index
+    """
+
+    def __init__(
+        self,
+        model,
+        refined: Sequence[Candidate],
+        targets: Sequence[Target],
+        cfg,
+        callback: Optional[Callable] = None,
+    ):
+        self.model, self.cfg, self.callback = model, cfg, callback
+        self.adapters = list(model.adapters().values())
+        self.images = [
+            ImageUpdate(model, r, t, cfg, n)
+            for n, (r, t) in enumerate(zip(refined, targets))
+        ]
+        self.y_hat = torch.cat([r.extra["y_hat"] for r in refined])
+        self.opt = torch.optim.Adam(
+            [t for s in self.images for t in s.leaves()], lr=cfg.adapt_lr
+        )
+        self._prefix: Optional[tuple[int, Tensor]] = None
+
+    def _features(self, active: list[ImageUpdate]) -> tuple[int, Tensor]:
+        """The input of ``g_s[split:]`` for ``active``, ``split`` their first
+        adapted block (the blocks before it run once per split)."""
+        split = min(s.split for s in active)
+        if self._prefix is None or self._prefix[0] != split:
+            with torch.no_grad():
+                self._prefix = split, self.model.g_s[:split](self.y_hat)
+        feat = self._prefix[1]
+        if len(active) < len(self.images):
+            feat = feat[[s.index for s in active]]
+        return split, feat
+
+    @contextlib.contextmanager
+    def installed(self, active: list[ImageUpdate]) -> Iterator[None]:
+        """The open layers compute with the trainable updates inside the block."""
+        if len(self.images) == 1:
+            s = active[0]
+            for i in s.open:
+                m = self.adapters[i]
+                m.delta_fn = lambda _x, i=i, m=m: m.delta_from(**s.quantized(i))
+        else:
+            for i, m in enumerate(self.adapters):
+                rows = [n for n, s in enumerate(active) if i in s.open]
+                if rows:
+                    images = [active[n] for n in rows]
+                    m.branch_fn = functools.partial(_branch, m, images, i, rows)
+        try:
+            yield
+        finally:
+            for m in self.adapters:
+                m.delta_fn = m.branch_fn = None
+
+    def _losses(self, active: list[ImageUpdate]) -> list[tuple[Tensor, ...]]:
+        """Each active image's (loss, bpp, x_hat) from one batched pass."""
+        split, feat = self._features(active)
+        with self.installed(active):
+            out = self.model.g_s[split:](feat)
+        terms = []
+        for n, s in enumerate(active):
+            x, t = s.target.x, s.target
+            x_hat = crop_to(out[n : n + 1], x, t.offset).clamp(0, 1)
+            bpp = s.bpp()
+            terms.append(
+                (t.lmbda * distortion(x_hat, x, self.cfg.metric) + bpp, bpp, x_hat)
+            )
+        return terms
+
+    def run(self, deadline: Optional[Deadline] = None) -> list[Result]:
+        """Train; per image, the best real candidate (None: no update pays)
+        and its stats.
+
+        At the ``deadline`` each image's current update gets a last real
+        check and the phase ends.
+        """
+        cfg = self.cfg
+        deadline = deadline or Deadline(None)
+        warmup = min(cfg.gate_steps, cfg.adapt_steps)
+        many = len(self.images) > 1
+        t = -1
+        for t in range(cfg.adapt_steps):
+            active = [s for s in self.images if s.iters is None]
+            if not active:
+                break
+            if deadline.due() and t > 0:
+                for s in active:
+                    s.stats["stopped"] = {
+                        "phase": "adapt",
+                        "step": t,
+                        "reason": "budget",
+                    }
+                    if "gates" not in s.stats:  # no time for the per-layer checks
+                        s.best = s.undecided()
+                    elif s.open:
+                        s.best = s.better()
+                    s.iters = t
+                break
+            if t == warmup:
+                for s in active:
+                    s.best, s.since = s.decide(), 0  # the decision's coded update
+                    if s.open:
+                        s.split = s.first_block()
+                    else:
+                        s.iters = t + 1
+                active = [s for s in active if s.iters is None]
+                if not active:
+                    break
+            if t >= warmup:  # the warm-up trains at the full rate
+                done = (t - warmup) / max(cfg.adapt_steps - warmup - 1, 1)
+                done = max(done, deadline.fraction())
+                set_lr(self.opt, cfg.adapt_lr * lr_factor(cfg.lr_schedule, done))
+            live = []
+            for s, term in zip(active, self._losses(active)):
+                if finite(term[0]):
+                    live.append((s, term))
+                else:
+                    s.stats["diverged"] = diverged("adapt", t, "non-finite loss")
+                    s.iters = t + 1
+            if live:
+                self.opt.zero_grad()
+                batch_loss([term[0] for _, term in live]).backward()
+                self.opt.step()
+            for s, (loss, bpp, x_hat) in live:
+                if not sane(*s.leaves(), limit=s.limit):
+                    s.stats["diverged"] = diverged("adapt", t, "factors out of range")
+                    s.iters = t + 1
+                    continue
+                s.since += 1
+                last = t == cfg.adapt_steps - 1
+                if t >= warmup and ((t + 1 - warmup) % EVAL_EVERY == 0 or last):
+                    before, s.best = s.best, s.better()
+                    s.since = 0 if s.best is not before else s.since
+                if self.callback:
+                    x, gates = s.target.x, len(s.open)
+                    info = progress(
+                        "adapt", t, cfg.adapt_steps, loss, bpp, x_hat, x, gates
+                    )
+                    self.callback({**info, "image": s.index} if many else info)
+            deadline.tick()
+            for s, _ in live:
+                stall = cfg.patience and s.since >= cfg.patience
+                if s.iters is None and t >= warmup and stall:
+                    s.iters = t + 1
+        return [s.result(t + 1 if s.iters is None else s.iters) for s in self.images]
