@@ -31,6 +31,7 @@ _FIELDS = {
     "seed": "seed",
     "threads": "threads",
     "budget": "time_budget",
+    "batch_size": "batch_size",  # eval_model's --batch-size
 }
 
 

@@ -136,6 +136,13 @@ def setup_args() -> argparse.ArgumentParser:
     adapt.add_argument("--refine-steps", type=int, metavar="N", default=None)
     adapt.add_argument("--adapt-steps", type=int, metavar="N", default=None)
     adapt.add_argument("--seed", type=int, metavar="S", default=None)
+    adapt.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="B",
+        default=None,
+        help="images of the same padded size adapted together (eval_model's)",
+    )
     out = parser.add_argument_group("Output")
     out.add_argument(
         "-o",

@@ -27,7 +27,7 @@ def eval_argv(
     argv += [str(w) for w in weights]
     argv += ["--compare-base", "--per-image", "-d", str(out)]
     argv += ["--preset", args.preset, "--threads", str(rank_share(args.threads))]
-    for flag in ("refine_steps", "adapt_steps", "seed"):
+    for flag in ("refine_steps", "adapt_steps", "seed", "batch_size"):
         value = getattr(args, flag)
         if value is not None:
             argv += [f"--{flag.replace('_', '-')}", str(value)]

@@ -91,6 +91,14 @@ def setup_args() -> argparse.ArgumentParser:
             "deltas, BD-rate, RD plot",
         )
         group.add_argument(
+            "--batch-size",
+            type=int,
+            metavar="B",
+            help="adapt up to B images of the same padded size together (one "
+            "compress() of the batch, each image decoded from its own "
+            "strings; times shared equally) (default: 1)",
+        )
+        group.add_argument(
             "--overwrite",
             action="store_true",
             help="with --per-image: recompute images whose results already exist",

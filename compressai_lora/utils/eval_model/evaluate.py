@@ -18,6 +18,7 @@ from tqdm import tqdm
 from ... import host
 from ..files import write_json
 from . import CLIError
+from .batches import batches, infer_batch
 from .images import PaddedForward, compute_metrics, read_image
 from .results import adaptation_results, jsonable, load_done, per_image_path
 
@@ -116,7 +117,7 @@ class Tracker(Protocol):
 
     line_prefix: str
 
-    def start(self, filepath: Path) -> None: ...
+    def start(self, filepaths: Sequence[Path]) -> None: ...
 
     def computing(self) -> None: ...
 
@@ -125,6 +126,17 @@ class Tracker(Protocol):
 
 #: one image's results: ``(results, sent choice)`` of each job, in job order
 ImageResults = list[tuple[dict[str, Any], Optional[str]]]
+
+
+def _batchable(job: Job, args: argparse.Namespace) -> bool:
+    """Whether ``job`` adapts images together (``--batch-size`` > 1)."""
+    cfg = getattr(job.model, "adapt_config", None)
+    return (
+        cfg is not None
+        and cfg.batch_size > 1
+        and job.model.adapts()
+        and not args.entropy_estimation
+    )
 
 
 def evaluate_run(
@@ -139,70 +151,125 @@ def evaluate_run(
     """Evaluate every job on the ``(index, path)`` images (images outer, so a
     base and its -lora model see each image back to back).
 
+    With ``--batch-size B`` the images go in groups of up to B with the same
+    padded size (:func:`~.batches.batches`), each group outer: a -lora model
+    adapts a group's images together, the base model codes them one by one.
     With ``--per-image`` each result is written at once; unless
-    ``--overwrite``, results stored with the same settings are loaded instead.
+    ``--overwrite``, results stored with the same settings are loaded instead
+    (a group's other images are then adapted without them).
 
     Returns:
         ``{image index: [(results, choice) of each job]}``.
     """
-    per_image_description = (
+    resumable = args.per_image and not args.overwrite
+    batch_size = max(
+        (j.model.adapt_config.batch_size for j in jobs if _batchable(j, args)),
+        default=1,
+    )
+    out: dict[int, ImageResults] = {}
+    for group in batches(images, batch_size):
+        tracker.start([filepath for _, filepath in group])
+        results: dict[int, ImageResults] = {index: [] for index, _ in group}
+        computed: set[int] = set()
+        xs: dict[int, Tensor] = {}
+        for job in jobs:
+            paths = {index: _result_path(args, job, fp) for index, fp in group}
+            done = {
+                index: load_done(paths[index], job.settings) if resumable else None
+                for index, _ in group
+            }
+            todo = [(i, fp) for i, fp in group if done[i] is None]
+            if todo and not computed:
+                tracker.computing()
+            computed.update(i for i, _ in todo)
+            fresh = _compute(job, todo, xs, args, vbr_stage, vbr_scale, step_bar)
+            for index, filepath in group:
+                if done[index] is not None:
+                    rv = done[index]["results"]
+                    stats = done[index].get("adaptation") or {}
+                else:
+                    rv, stats = fresh[index]
+                    _write_result(paths[index], filepath, job, rv, stats, args)
+                choice = stats.get("choice")
+                results[index].append((rv, None if choice is None else str(choice)))
+                if args.verbose:
+                    line = _image_line(
+                        filepath, job, rv, stats, done[index] is not None
+                    )
+                    tqdm.write(tracker.line_prefix + line, file=sys.stderr)
+        for index, _ in group:
+            out[index] = results[index]
+            tracker.finish(index in computed)
+    return out
+
+
+def _compute(
+    job: Job,
+    todo: list[tuple[int, Path]],
+    xs: dict[int, Tensor],
+    args: argparse.Namespace,
+    vbr_stage: Optional[int],
+    vbr_scale: Optional[Tensor],
+    step_bar: Optional[StepBar],
+) -> dict[int, tuple[dict[str, Any], dict[str, Any]]]:
+    """``{index: (results, statistics)}`` of ``job`` on the ``todo`` images
+    (read once per group into ``xs``): together if the job batches them."""
+    if not todo:
+        return {}
+    device = next(job.model.parameters()).device
+    for index, filepath in todo:
+        if index not in xs:
+            xs[index] = read_image(filepath).to(device)
+    if len(todo) > 1 and _batchable(job, args):
+        if step_bar is not None:
+            step_bar.new_image()
+        together = infer_batch(job.model, [xs[i] for i, _ in todo], args.half)
+        return {i: r for (i, _), r in zip(todo, together)}
+    out = {}
+    for index, _ in todo:
+        if step_bar is not None:
+            step_bar.new_image()
+        out[index] = infer(job.model, xs[index], args, vbr_stage, vbr_scale)
+    return out
+
+
+def _result_path(args: argparse.Namespace, job: Job, filepath: Path) -> Optional[Path]:
+    if not args.per_image:
+        return None
+    return per_image_path(
+        args.output_directory, args.dataset, filepath, job.trained_net
+    )
+
+
+def _write_result(
+    path: Optional[Path],
+    filepath: Path,
+    job: Job,
+    rv: dict[str, Any],
+    stats: dict[str, Any],
+    args: argparse.Namespace,
+) -> None:
+    """With ``--per-image``: one image's JSON, as the host's fields plus ours."""
+    if path is None:
+        return
+    description = (
         "entropy-estimation" if args.entropy_estimation else args.entropy_coder
     )
-    resumable = args.per_image and not args.overwrite
-    out: dict[int, ImageResults] = {}
-    for index, filepath in images:
-        tracker.start(filepath)
-        x: Optional[Tensor] = None
-        computed = False
-        results: ImageResults = []
-        for job in jobs:
-            path = None
-            if args.per_image:
-                path = per_image_path(
-                    args.output_directory, args.dataset, filepath, job.trained_net
-                )
-            done = load_done(path, job.settings) if resumable else None
-            if done is not None:
-                rv = done["results"]
-                stats = done.get("adaptation") or {}
-            else:
-                if not computed:
-                    tracker.computing()
-                    computed = True
-                if x is None:
-                    device = next(job.model.parameters()).device
-                    x = read_image(filepath).to(device)
-                if step_bar is not None:
-                    step_bar.new_image()
-                rv, stats = infer(job.model, x, args, vbr_stage, vbr_scale)
-                if path is not None:
-                    output = {
-                        "source": filepath.stem,
-                        "name": job.architecture,
-                        "description": f"Inference ({per_image_description})",
-                        "results": rv,
-                    }
-                    if job.settings is not None:
-                        output["settings"] = job.settings
-                        output["adaptation"] = jsonable(stats)
-                    try:
-                        write_json(path, output)
-                    except OSError as err:
-                        raise CLIError(
-                            f"cannot write per-image results {path}: "
-                            f"{err.strerror or err}"
-                        ) from None
-            choice = stats.get("choice")
-            results.append((rv, None if choice is None else str(choice)))
-            if args.verbose:
-                tqdm.write(
-                    tracker.line_prefix
-                    + _image_line(filepath, job, rv, stats, done is not None),
-                    file=sys.stderr,
-                )
-        out[index] = results
-        tracker.finish(computed)
-    return out
+    output = {
+        "source": filepath.stem,
+        "name": job.architecture,
+        "description": f"Inference ({description})",
+        "results": rv,
+    }
+    if job.settings is not None:
+        output["settings"] = job.settings
+        output["adaptation"] = jsonable(stats)
+    try:
+        write_json(path, output)
+    except OSError as err:
+        raise CLIError(
+            f"cannot write per-image results {path}: {err.strerror or err}"
+        ) from None
 
 
 def collect(jobs: list[Job], images: Sequence[ImageResults]) -> None:

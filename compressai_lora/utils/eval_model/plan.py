@@ -80,6 +80,10 @@ def make_plan(
             f"Warning: adaptation options ignored: {arch} is not a -lora architecture",
             file=sys.stderr,
         )
+    if getattr(args, "batch_size", None) not in (None, 1) and args.entropy_estimation:
+        raise CLIError(
+            "--batch-size needs real bitstreams: it does not batch --entropy-estimation"
+        )
     vbr = arch.endswith("-vbr")
     if vbr:
         if args.source == "checkpoint" and len(args.checkpoint_paths) > 1:

@@ -120,8 +120,13 @@ class Shard:
         if self.bar is not None:
             self.bar.set_description(trained_net)
 
-    def start(self, filepath: Path) -> None:
-        self._where = f"image {filepath} (rate point {self._label})"
+    def start(self, filepaths: Sequence[Path]) -> None:
+        """The images of the item(s) now evaluated (a batch: several)."""
+        if len(filepaths) == 1:
+            what = f"image {filepaths[0]}"
+        else:
+            what = "batch of images " + ", ".join(str(p) for p in filepaths)
+        self._where = f"{what} (rate point {self._label})"
 
     def computing(self) -> None:
         """An item is about to be computed (not resumed): the test hook."""
