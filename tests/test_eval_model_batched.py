@@ -88,7 +88,9 @@ def test_batches_group_by_padded_size_in_order():
     "arch, file",
     [("bmshj2018-hyperprior-lora", "hyper"), ("mbt2018-mean-lora", "mean")],
 )
-def test_batched_results_match_unbatched(env, tmp_path, capsys, batch_sizes, arch, file):
+def test_batched_results_match_unbatched(
+    env, tmp_path, capsys, batch_sizes, arch, file
+):
     alone, _ = run(ours.main, _argv(env, tmp_path / "alone", arch, file), capsys)
     assert batch_sizes == [1, 1, 1, 1]
     batch_sizes.clear()
