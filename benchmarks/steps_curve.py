@@ -76,7 +76,8 @@ def code(cfg):
     return {"bpp": bpp, "psnr": 10 * np.log10(255**2 / max(mse, 1e-10)),
             "J": bpp + args["lmbda"] * mse, "seconds": seconds,
             "choice": stats.get("choice"), "update_bytes": len(out["strings"][-1][0]),
-            "open_gates": len(stats.get("open_gates") or [])}
+            "open_gates": len(stats.get("open_gates") or []),
+            "candidates": stats.get("J")}  # real J of base, refined, update
 
 base = code(AdaptConfig(enabled=False, lmbda=args["lmbda"]))
 cfg = AdaptConfig.preset(args["preset"], lmbda=args["lmbda"], seed=args["seed"],

@@ -7,7 +7,9 @@ process; the host's eval_model keeps the inference outside the adaptation at
 the other in one run (``--rounds`` alternates them to even out background
 load).  Wall time is the whole command, process start included (about 15-30 s
 here to import torch and compressai: use enough images to amortize it).
-Prints a table and the ratio of images per hour.
+With ``--batch-size B`` a third mode runs: one process with ``--threads T``
+and eval_model's ``--batch-size B`` (crops of one size: one batch per B
+images).  Prints a table and the ratios of images per hour.
 
     python benchmarks/torchrun_throughput.py                    # 4 sample crops
     python benchmarks/torchrun_throughput.py --crop 256 --images 8 --rounds 2 \\
@@ -55,7 +57,13 @@ def setup_args() -> argparse.ArgumentParser:
     p.add_argument("--adapt-steps", type=int)
     p.add_argument("--threads", type=int, default=2, help="threads in all (T)")
     p.add_argument("--procs", type=int, default=2, help="torchrun ranks (K)")
-    p.add_argument("--rounds", type=int, default=1, help="alternations of both")
+    p.add_argument("--rounds", type=int, default=1, help="alternations of all modes")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="B > 1 adds one process with eval_model --batch-size B",
+    )
     p.add_argument("--work", type=Path, help="work folder (default: a temporary)")
     return p
 
@@ -83,10 +91,14 @@ def crops(args: argparse.Namespace, folder: Path) -> int:
     return len(files)
 
 
-def eval_args(args: argparse.Namespace, images: Path, threads: int) -> list[str]:
+def eval_args(
+    args: argparse.Namespace, images: Path, threads: int, batch_size: int = 1
+) -> list[str]:
     argv = ["-m", "compressai_lora.utils.eval_model", "checkpoint", str(images)]
     argv += ["-a", args.architecture, "-p", str(args.checkpoint)]
     argv += ["--preset", args.preset, "--threads", str(threads)]
+    if batch_size > 1:
+        argv += ["--batch-size", str(batch_size)]
     for flag in ("refine_steps", "adapt_steps"):
         if getattr(args, flag) is not None:
             argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
@@ -120,6 +132,10 @@ def main(argv: list[str]) -> None:
             + ["--nproc-per-node", str(args.procs)]
             + eval_args(args, work / "images", args.threads // args.procs),
         }
+        if args.batch_size > 1:
+            modes[f"1 process x {args.threads} threads, batch {args.batch_size}"] = (
+                python + eval_args(args, work / "images", args.threads, args.batch_size)
+            )
         walls: dict[str, list[float]] = {m: [] for m in modes}
         results: dict[str, dict] = {}
         for r in range(args.rounds):
@@ -142,8 +158,9 @@ def main(argv: list[str]) -> None:
             f"| {mode} | {wall:.1f} | {rates[mode]:.0f} | {res['bpp'][0]:.4f} "
             f"| {res['psnr-rgb'][0]:.2f} |"
         )
-    one, multi = rates.values()
-    print(f"ratio (torchrun / one process): {multi / one:.2f}x images per hour")
+    one, *others = rates.values()
+    for mode, rate in zip(list(modes)[1:], others):
+        print(f"ratio ({mode} / one process): {rate / one:.2f}x images per hour")
 
 
 if __name__ == "__main__":
