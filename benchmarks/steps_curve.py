@@ -7,7 +7,11 @@ coder, distortion from the decoder's 8-bit output), its change against the
 base codec, what was sent and the encoding time.  Each (code, image,
 schedule) job runs in its own process; ``--code`` adds another checkout (for
 example today's main) so that both are measured in the same run.  Results are
-cached per job in ``--out`` (rerun to resume).
+cached per job in ``--out`` (rerun to resume) under a key of what decides the
+bytes: the hash of the checkout's code that the job runs (the package outside
+its tools, without ``adapt/config.py``), the resolved ``AdaptConfig``, the
+hashes of image and checkpoint, and torch's version; a cached job whose key
+differs runs again, so a cache can be kept (committed) and resumed later.
 
     python benchmarks/steps_curve.py --dev-set --out steps-out \\
         --checkpoint ../shared/weights/cheng2020-attn-N64-q3.pth.tar --jobs 2
@@ -18,6 +22,9 @@ cached per job in ``--out`` (rerun to resume).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -98,9 +105,70 @@ def dev_set(data: Path, out: Path) -> list[Path]:
     return [out / d / e["image"] for d, entries in subset.items() for e in entries]
 
 
+#: parts of a checkout that a job's bytes do not depend on (the job builds
+#: its AdaptConfig itself, not from command-line flags)
+_TOOLS = ("utils/bench", "utils/eval_model", "utils/train", "utils/adapt_args.py")
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def code_hash(code: Path) -> str:
+    """Hash of the package files a job runs, less ``adapt/config.py`` (the
+    resolved config is keyed instead) and the tools."""
+    pkg = Path(code) / "compressai_lora"
+    digest = hashlib.sha256(_CHILD.encode())
+    for f in sorted(pkg.rglob("*.py")):
+        rel = f.relative_to(pkg).as_posix()
+        if rel == "adapt/config.py" or rel.startswith(_TOOLS):
+            continue
+        digest.update(rel.encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()
+
+
+def resolved_config(code: Path, job: dict) -> dict:
+    """The job's ``AdaptConfig`` as the checkout resolves it (its config.py
+    imports nothing of the package, so it loads alone)."""
+    path = Path(code) / "compressai_lora" / "adapt" / "config.py"
+    name = "_steps_curve_config"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[name]
+    cfg = module.AdaptConfig.preset(
+        job["preset"],
+        lmbda=job["lmbda"],
+        seed=job["seed"],
+        threads=job["threads"],
+        **job["overrides"],
+    )
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "callback"}
+
+
+def job_key(code: Path, job: dict) -> dict:
+    """What decides a job's result (see the module's docstring)."""
+    import torch
+
+    return {
+        "code": code_hash(code),
+        "config": resolved_config(code, job),
+        "image": _sha(job["image"]),
+        "checkpoint": _sha(job["checkpoint"]),
+        "torch": torch.__version__,
+    }
+
+
 def run_job(code: Path, job: dict, cache: Path) -> dict:
+    key = job_key(code, job)
     if cache.exists():
-        return json.loads(cache.read_text())
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return cached["result"]
+        print(f"stale cache, running again: {cache}", file=sys.stderr)
     env = dict(os.environ, PYTHONPATH=str(code))
     proc = subprocess.run(
         [sys.executable, "-c", _CHILD, json.dumps(job)],
@@ -114,7 +182,7 @@ def run_job(code: Path, job: dict, cache: Path) -> dict:
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
+    tmp.write_text(json.dumps({"key": key, "result": result}, indent=1))
     os.replace(tmp, cache)
     return result
 

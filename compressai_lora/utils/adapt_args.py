@@ -77,7 +77,8 @@ def add_adaptation_args(parser: argparse.ArgumentParser) -> ArgumentGroup:
         "--lr-schedule",
         choices=LR_SCHEDULES,
         help="learning rate over each phase: constant, or cosine (held for the "
-        "first half, then decayed to a tenth) (default: constant)",
+        "first half, then decayed to a tenth) (default: the preset's; cosine "
+        "in default, constant in fast and paper)",
     )
     g.add_argument("--rank", type=int, metavar="R", help="rank of the decoder update")
     g.add_argument("--form", choices=UPDATE_FORMS, help="update form of the adapters")
