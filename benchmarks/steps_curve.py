@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import json
@@ -117,10 +118,12 @@ def dev_set(data: Path, out: Path) -> list[Path]:
 _TOOLS = ("utils/bench", "utils/eval_model", "utils/train", "utils/adapt_args.py")
 
 
-def _sha(path: Path) -> str:
+@functools.lru_cache(maxsize=None)
+def _sha(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+@functools.lru_cache(maxsize=None)
 def code_hash(code: Path) -> str:
     """Hash of the package files a job runs, less ``adapt/config.py`` (the
     resolved config is keyed instead) and the tools."""
@@ -134,9 +137,10 @@ def code_hash(code: Path) -> str:
     return digest.hexdigest()
 
 
-def resolved_config(code: Path, job: dict) -> dict:
-    """The job's ``AdaptConfig`` as the checkout resolves it (its config.py
-    imports nothing of the package, so it loads alone)."""
+@functools.lru_cache(maxsize=None)
+def _config_module(code: Path):
+    """The checkout's ``adapt/config.py`` (it imports nothing of the package,
+    so it loads alone)."""
     path = Path(code) / "compressai_lora" / "adapt" / "config.py"
     name = "_steps_curve_config"
     spec = importlib.util.spec_from_file_location(name, path)
@@ -146,7 +150,12 @@ def resolved_config(code: Path, job: dict) -> dict:
         spec.loader.exec_module(module)
     finally:
         del sys.modules[name]
-    cfg = module.AdaptConfig.preset(
+    return module
+
+
+def resolved_config(code: Path, job: dict) -> dict:
+    """The job's ``AdaptConfig`` as the checkout resolves it."""
+    cfg = _config_module(code).AdaptConfig.preset(
         job["preset"],
         lmbda=job["lmbda"],
         seed=job["seed"],
@@ -323,7 +332,7 @@ def main(argv: list[str]) -> None:
                 cache = (
                     args.out / "jobs" / label / f"{img.parent.name}-{img.stem}-{s}.json"
                 )
-                # keyed here: loading config.py is not thread-safe
+                # keyed here, in one thread: loading config.py is not thread-safe
                 jobs.append(((label, img, s), code, job, cache, job_key(code, job)))
     # interleave the codes so that both see the same machine load
     jobs.sort(key=lambda j: (args.schedules.index(j[0][2]), str(j[0][1]), j[0][0]))
