@@ -10,8 +10,11 @@ example today's main) so that both are measured in the same run.  Results are
 cached per job in ``--out`` (rerun to resume) under a key of what decides the
 bytes: the hash of the checkout's code that the job runs (the package outside
 its tools, without ``adapt/config.py``), the resolved ``AdaptConfig``, the
-hashes of image and checkpoint, and torch's version; a cached job whose key
-differs runs again, so a cache can be kept (committed) and resumed later.
+hashes of image and checkpoint, torch's version and the CPU (its model and
+the instruction set torch's kernels use: an AVX2 and an AVX-512 machine round
+differently, and an adaptation of hundreds of steps amplifies that into other
+bytes); a cached job whose key differs runs again, so a cache can be kept
+(committed) and resumed later on the same kind of machine.
 
     python benchmarks/steps_curve.py --dev-set --out steps-out \\
         --checkpoint ../shared/weights/cheng2020-attn-N64-q3.pth.tar --jobs 2
@@ -27,12 +30,14 @@ against the best shorter schedule.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import importlib.util
 import json
 import os
+import platform
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -165,6 +170,20 @@ def resolved_config(code: Path, job: dict) -> dict:
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "callback"}
 
 
+@functools.lru_cache(maxsize=None)
+def machine() -> str:
+    """The CPU model and the instruction set of torch's CPU kernels."""
+    import torch
+
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def job_key(code: Path, job: dict) -> dict:
     """What decides a job's result (see the module's docstring)."""
     import torch
@@ -175,6 +194,7 @@ def job_key(code: Path, job: dict) -> dict:
         "image": _sha(job["image"]),
         "checkpoint": _sha(job["checkpoint"]),
         "torch": torch.__version__,
+        "machine": machine(),
     }
 
 

@@ -9,8 +9,11 @@ real decoder sees (the refined candidate's), with its bits in the loss.
    compared with the real ``J`` with it (backward elimination).  A layer
    stays open if removing it costs (``dJ > 0``); ``stats["gates"]`` records
    each decision and its ``dJ``.  Deterministic: no gate network, no random
-   draw.  When the time budget ends the warm-up, the warm update of every
-   layer is coded once instead (``dJ`` None, ``"by": "budget"``).
+   draw.  When no layer pays yet, every layer trains on and the decision is
+   taken again ``cfg.gate_steps`` steps later, while the phase has room for
+   it (``stats["gates_step"]``: the step of the decision that stood).  When
+   the time budget ends the warm-up, the warm update of every layer is coded
+   once instead (``dJ`` None, ``"by": "budget"``).
 3. The open layers train on, the learning rate following
    ``cfg.lr_schedule`` over the rest of the phase; every ``EVAL_EVERY`` steps
    the update is coded for real and the lowest real ``J`` is kept
@@ -80,6 +83,8 @@ class ImageUpdate:
         self.open = list(range(len(self.factors)))
         self.split = self.first_block()
         self.best: Optional[Candidate] = None
+        self.decided = False  # the open layers are settled
+        self.decide_at = min(cfg.gate_steps, cfg.adapt_steps)  # next decision
         self.since = 0
         self.iters: Optional[int] = None  # steps done, once it has stopped
         self.stats: dict[str, Any] = {}
@@ -149,7 +154,19 @@ class ImageUpdate:
                 self.open, current = rest, without
         self.stats["gates"] = record
         self.stats["gates_J"] = None if current is None else current.J
+        self.decided = True
         return current
+
+    def decide_or_retry(self, step: int) -> None:
+        """The decision at ``step``; if no layer pays and the phase has room
+        for another warm-up, every layer trains on until the next one."""
+        self.best, self.since = self.decide(), 0
+        self.stats["gates_step"] = step
+        if not self.open and step + self.cfg.gate_steps < self.cfg.adapt_steps:
+            self.open, self.decided = list(range(len(self.factors))), False
+            self.decide_at = step + self.cfg.gate_steps
+            self.stats["gates_retries"] = self.stats.get("gates_retries", 0) + 1
+        self.split = self.first_block()
 
     def undecided(self) -> Optional[Candidate]:
         """The warm update of every layer, coded once: the budget ended the
@@ -159,6 +176,7 @@ class ImageUpdate:
         }
         current = self.real(self.open)
         self.stats["gates_J"] = None if current is None else current.J
+        self.decided = True
         return current
 
     def better(self) -> Optional[Candidate]:
@@ -170,7 +188,7 @@ class ImageUpdate:
     def result(self, iters: int) -> tuple[Optional[Candidate], dict[str, Any]]:
         """The image's final candidate after ``iters`` steps (None: no update
         pays); the greedy pruning pass unless the budget stopped it."""
-        if "gates" not in self.stats and "diverged" not in self.stats:
+        if not self.decided and "diverged" not in self.stats:
             self.best = self.decide()  # the phase ended before the decision
         self.stats.update(
             adapt_iters=iters, gates_open=len(self.open), split=self.split

@@ -154,19 +154,18 @@ class UpdateTrainer:
                         "step": t,
                         "reason": "budget",
                     }
-                    if "gates" not in s.stats:  # no time for the per-layer checks
+                    if not s.decided:  # no time for the per-layer checks
                         s.best = s.undecided()
                     elif s.open:
                         s.best = s.better()
                     s.iters = t
                 break
-            if t == warmup:
+            if any(t == s.decide_at for s in active):
                 for s in active:
-                    s.best, s.since = s.decide(), 0  # the decision's coded update
-                    if s.open:
-                        s.split = s.first_block()
-                    else:
-                        s.iters = t + 1
+                    if t == s.decide_at:
+                        s.decide_or_retry(t)  # the decision's coded update
+                        if not s.open:
+                            s.iters = t + 1
                 active = [s for s in active if s.iters is None]
                 if not active:
                     break
@@ -192,7 +191,8 @@ class UpdateTrainer:
                     continue
                 s.since += 1
                 last = t == cfg.adapt_steps - 1
-                if t >= warmup and ((t + 1 - warmup) % EVAL_EVERY == 0 or last):
+                check = (t + 1 - s.decide_at) % EVAL_EVERY == 0 or last
+                if s.decided and t >= s.decide_at and check:
                     before, s.best = s.best, s.better()
                     s.since = 0 if s.best is not before else s.since
                 if self.callback:
@@ -204,6 +204,6 @@ class UpdateTrainer:
             deadline.tick()
             for s, _ in live:
                 stall = cfg.patience and s.since >= cfg.patience
-                if s.iters is None and t >= warmup and stall:
+                if s.iters is None and s.decided and stall:
                     s.iters = t + 1
         return [s.result(t + 1 if s.iters is None else s.iters) for s in self.images]
