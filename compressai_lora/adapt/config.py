@@ -75,6 +75,8 @@ class AdaptConfig:
         adapt_lr: Adam learning rate of the low-rank factors
         gate_steps: phase-2 warm-up steps with every layer open; then each
             layer stays open only if its coded update lowers the real RD cost
+            (none does: every layer trains on, and it is decided again
+            ``gate_steps`` later while the phase has room)
         rank: rank of the decoder update
         form: update form of the adapters ("separable" or "full")
         step_code: quantization step of the factors, ``2 ** (-step_code / 4)``
