@@ -24,7 +24,8 @@ bytes); a cached job whose key differs runs again, so a cache can be kept
         --cached-only    # the table of what is cached, nothing run
 
 The table flags, per image, where J rose along the schedules by more than 0.5%
-against the best shorter schedule.
+against the best shorter schedule, and the schedules that sent no update where
+a shorter one sent one.
 """
 
 from __future__ import annotations
@@ -243,14 +244,31 @@ def rises(cells: list, schedules: list[str]) -> list[str]:
     return out
 
 
+def dropped(cells: list, schedules: list[str]) -> list[str]:
+    """Schedules that sent no update where a shorter one sent one, with what
+    that update saved there (its J against the refined latents alone)."""
+    out, sent = [], None
+    for s, c in zip(schedules, cells):
+        if c is None:
+            continue
+        if c["choice"] == "update":
+            sent = (s, c)
+        elif sent is not None:
+            cand = sent[1]["candidates"]
+            gain = 100 * (cand["update"] / cand["refined"] - 1)
+            out.append(f"{s} (sent at {sent[0]}: {gain:+.1f}%)")
+    return out
+
+
 def table(results: dict, images: list[Path], schedules: list[str], codes) -> str:
     """Per code: J against the base codec and seconds per image and schedule
     (``-`` not measured), where J rose along the schedules, and the means."""
     lines = []
     for label in codes:
         lines.append(f"\n### {label}: J vs base (%), seconds; * = no update sent\n")
-        lines.append("| image | base J | " + " | ".join(schedules) + " | J rises |")
-        lines.append("|---|---|" + "---|" * (len(schedules) + 1))
+        head = " | ".join(schedules)
+        lines.append(f"| image | base J | {head} | J rises | update dropped |")
+        lines.append("|---|---|" + "---|" * (len(schedules) + 2))
         sums = {s: [] for s in schedules}
         for img in images:
             row = [f"{img.parent.name}/{img.stem}"]
@@ -266,6 +284,7 @@ def table(results: dict, images: list[Path], schedules: list[str], codes) -> str
                 sums[s].append((rel, c["seconds"]))
                 row.append(f"{rel:+.1f}%{mark} {c['seconds']:.0f}s")
             row.append(", ".join(rises(cells, schedules)) or "none")
+            row.append(", ".join(dropped(cells, schedules)) or "none")
             lines.append("| " + " | ".join(row) + " |")
         mean = ["mean (images)", ""]
         for s in schedules:
@@ -275,7 +294,7 @@ def table(results: dict, images: list[Path], schedules: list[str], codes) -> str
                 continue
             rel, sec = (sum(x) / len(v) for x in zip(*v))
             mean.append(f"{rel:+.2f}% {sec:.0f}s ({len(v)})")
-        lines.append("| " + " | ".join(mean) + " | |")
+        lines.append("| " + " | ".join(mean) + " | | |")
     return "\n".join(lines) + "\n"
 
 
