@@ -1,0 +1,37 @@
+"""benchmarks/steps_curve.py: its flags and its cache key."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import steps_curve  # noqa: E402
+
+SCHEDULES = ["fast", "300+300", "default"]
+
+
+def _cell(j: float, update: bool, refined: float = 1.0) -> dict:
+    cand = {"base": 2.0, "refined": refined}
+    if update:
+        cand["update"] = j
+    return {"J": j, "choice": "update" if update else "refined", "candidates": cand}
+
+
+def test_rises_flag_only_a_rise_beyond_the_slack():
+    cells = [_cell(1.0, True), _cell(1.004, True), _cell(1.02, True)]
+    assert steps_curve.rises(cells, SCHEDULES) == ["fast->default +2.0%"]
+    falls = [_cell(1.0, True), None, _cell(0.9, True)]
+    assert steps_curve.rises(falls, SCHEDULES) == []
+
+
+def test_dropped_names_schedules_that_no_longer_send_the_update():
+    cells = [_cell(0.9, True), _cell(0.8, False, 0.8), _cell(0.7, True)]
+    assert steps_curve.dropped(cells, SCHEDULES) == ["300+300 (sent at fast: -10.0%)"]
+    assert steps_curve.dropped([_cell(0.8, False, 0.8)] * 3, SCHEDULES) == []
+
+
+def test_cache_key_names_the_machine():
+    assert steps_curve.machine().endswith(torch.backends.cpu.get_cpu_capability())
