@@ -46,9 +46,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-#: schedule name -> (preset, overrides)
-#: in order of encoder time (``default``, 400 + 350 steps, takes longer than
-#: 300+300 at the paper's rates); J should not rise along it
+#: schedule name -> (preset, overrides), in order of encoder time; J should
+#: not rise along it.  300+300, 1000+1000 and ``paper`` are the default's
+#: trajectory (same rates, same annealing spans) cut short or continued
 SCHEDULES = {
     "fast": ("fast", {}),
     "300+300": ("paper", {"refine_steps": 300, "adapt_steps": 300}),

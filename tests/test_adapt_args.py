@@ -75,3 +75,18 @@ def test_batch_size_is_a_field_not_yet_a_flag():
         AdaptConfig(batch_size=0)
     with pytest.raises(SystemExit):
         parse("--batch-size", "4")
+
+
+def test_anneal_spans_and_the_paper_preset_continues_the_default():
+    assert adaptation_flags_given(parse("--anneal", "300", "200"))
+    cfg = adapt_config_from_args(parse("--anneal", "300", "0"))
+    assert (cfg.refine_anneal, cfg.adapt_anneal) == (300, None)
+    fast = adapt_config_from_args(parse("--preset", "fast", "--anneal", "20", "30"))
+    assert (fast.refine_anneal, fast.adapt_anneal) == (20, 30)
+    with pytest.raises(ValueError, match="--anneal"):
+        adapt_config_from_args(parse("--anneal", "-1", "5"))
+    with pytest.raises(ValueError, match="refine_anneal"):
+        AdaptConfig(refine_anneal=0)
+    # paper: the default's settings but the step counts
+    paper = AdaptConfig.preset("paper")
+    assert paper.replace(refine_steps=400, adapt_steps=350) == AdaptConfig()

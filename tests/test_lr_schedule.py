@@ -55,6 +55,7 @@ def test_each_phase_follows_its_schedule(monkeypatch, schedule):
     cfg = AdaptConfig(
         refine_steps=12, adapt_steps=14, gate_steps=4, patience=0,
         refine_lr=0.02, adapt_lr=0.01, lmbda=0.01, lr_schedule=schedule,
+        refine_anneal=None, adapt_anneal=None,  # over each phase's steps
     )  # fmt: skip
     model.adapt_config = cfg
     with torch.no_grad():
@@ -68,3 +69,49 @@ def test_each_phase_follows_its_schedule(monkeypatch, schedule):
         else:
             assert rates[-1] == pytest.approx(lr * LR_FLOOR)
             assert all(a >= b for a, b in zip(rates, rates[1:]))
+
+
+def _rates(monkeypatch, **settings) -> dict[str, list[float]]:
+    """The learning rate of each step of each phase."""
+    seen: dict[str, list[float]] = {"refine": [], "adapt": []}
+
+    def recording(phase):
+        def set_lr(opt, lr):
+            seen[phase].append(lr)
+            clock.set_lr(opt, lr)
+
+        return set_lr
+
+    monkeypatch.setattr(refine, "set_lr", recording("refine"))
+    monkeypatch.setattr(update_loop, "set_lr", recording("adapt"))
+    model = _model("bmshj2018-hyperprior-lora")
+    model.adapt_config = AdaptConfig(
+        gate_steps=4, patience=0, refine_lr=0.02, adapt_lr=0.01, lmbda=0.01,
+        refine_anneal=10, adapt_anneal=8, **settings,
+    )  # fmt: skip
+    with torch.no_grad():
+        model.compress(_image(3))
+    return seen
+
+
+def test_annealed_schedules_run_over_their_own_steps_then_stay_at_the_floor(
+    monkeypatch,
+):
+    short = _rates(monkeypatch, refine_steps=10, adapt_steps=12)
+    long = _rates(monkeypatch, refine_steps=25, adapt_steps=30)
+    # the longer phase continues the shorter one's schedule step for step
+    assert long["refine"][:10] == short["refine"]
+    assert long["adapt"][:8] == short["adapt"]
+    assert short["refine"][-1] == pytest.approx(0.02 * LR_FLOOR)
+    assert long["refine"][10:] == pytest.approx([0.02 * LR_FLOOR] * 15)
+    assert long["adapt"][8:] == pytest.approx([0.01 * LR_FLOOR] * (30 - 4 - 8))
+
+
+def test_annealed_temperature_stays_at_its_end_value():
+    from compressai_lora.adapt.sga import TAU_MIN, temperature
+
+    span = 10
+    taus = [temperature(min(t, span - 1), span) for t in range(30)]
+    assert taus[span - 1] == pytest.approx(TAU_MIN)
+    assert taus[span:] == [taus[span - 1]] * (30 - span)
+    assert all(a > b for a, b in zip(taus[: span - 1], taus[1:span]))

@@ -6,7 +6,7 @@ import math
 import time
 from typing import Optional
 
-__all__ = ["LR_FLOOR", "LR_HOLD", "Deadline", "lr_factor", "set_lr"]
+__all__ = ["LR_FLOOR", "LR_HOLD", "Deadline", "lr_factor", "schedule_done", "set_lr"]
 
 #: the cosine schedule holds the phase's learning rate for this share of it,
 #: then decays it to ``LR_FLOOR`` times that rate at its end
@@ -54,6 +54,23 @@ def lr_factor(schedule: str, done: float) -> float:
         return 1.0
     done = min(max((done - LR_HOLD) / (1 - LR_HOLD), 0.0), 1.0)
     return LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * done))
+
+
+def schedule_done(
+    step: int, steps: int, anneal: Optional[int], deadline: "Deadline"
+) -> float:
+    """How far a phase's schedules are (0..1) at ``step`` (counted from their
+    start).
+
+    With ``anneal`` they run over that many steps whatever the phase's length
+    or budget, and stay at their end values after it: a longer phase, or a
+    larger budget, continues the shorter one's trajectory step for step.
+    Without it (None) they run over the phase's ``steps``, or over its time
+    budget when that ends the phase first.
+    """
+    if anneal is not None:
+        return min(step / max(anneal - 1, 1), 1.0)
+    return max(step / max(steps - 1, 1), deadline.fraction())
 
 
 def set_lr(opt, lr: float) -> None:

@@ -1,6 +1,9 @@
 """Phase 1: latent refinement with SGA under the RD loss, network frozen.
 
-The learning rate follows ``cfg.lr_schedule`` over the phase.
+The learning rate follows ``cfg.lr_schedule`` and the SGA temperature anneals
+over ``cfg.refine_anneal`` steps (None: over the phase), then both stay at
+their end values: a longer phase continues a shorter one's trajectory, and as
+the best checkpoint is kept, more steps never give costlier latents.
 
 For the autoregressive models the entropy model's context is anchored on the
 serial decoder's ``y_hat``: at every checkpoint (every ``EVAL_EVERY`` steps)
@@ -24,7 +27,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .clock import Deadline, lr_factor, set_lr
+from .clock import Deadline, lr_factor, schedule_done, set_lr
 from .latents import decoder_context, is_autoregressive, latent_terms
 from .objective import (
     batch_loss,
@@ -143,8 +146,9 @@ def refine_batch(
                     keep_if_better(s)
                 s.iters = t
             break
-        tau = temperature(t, steps)
-        done = max(t / max(steps - 1, 1), deadline.fraction())
+        span = cfg.refine_anneal or steps  # the temperature's annealing
+        tau = temperature(min(t, span - 1), span)
+        done = schedule_done(t, steps, cfg.refine_anneal, deadline)
         set_lr(opt, cfg.refine_lr * lr_factor(cfg.lr_schedule, done))
         terms = losses(active, lambda v: sga_round(v, tau, [s.gen for s in active]))
         live = []

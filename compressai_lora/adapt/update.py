@@ -15,7 +15,9 @@ real decoder sees (the refined candidate's), with its bits in the loss.
    the time budget ends the warm-up, the warm update of every layer is coded
    once instead (``dJ`` None, ``"by": "budget"``).
 3. The open layers train on, the learning rate following
-   ``cfg.lr_schedule`` over the rest of the phase; every ``EVAL_EVERY`` steps
+   ``cfg.lr_schedule`` from the end of the warm-up over ``cfg.adapt_anneal``
+   steps (None: the rest of the phase), then at its floor; every
+   ``EVAL_EVERY`` steps
    the update is coded for real and the lowest real ``J`` is kept
    (``cfg.patience`` steps without a better one end the phase).  A greedy
    pass on real costs then closes the layers that no longer pay.

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .candidates import Candidate, Target
-from .clock import Deadline, lr_factor, set_lr
+from .clock import Deadline, lr_factor, schedule_done, set_lr
 from .objective import (
     batch_loss,
     crop_to,
@@ -170,8 +170,9 @@ class UpdateTrainer:
                 if not active:
                     break
             if t >= warmup:  # the warm-up trains at the full rate
-                done = (t - warmup) / max(cfg.adapt_steps - warmup - 1, 1)
-                done = max(done, deadline.fraction())
+                done = schedule_done(
+                    t - warmup, cfg.adapt_steps - warmup, cfg.adapt_anneal, deadline
+                )
                 set_lr(self.opt, cfg.adapt_lr * lr_factor(cfg.lr_schedule, done))
             live = []
             for s, term in zip(active, self._losses(active)):

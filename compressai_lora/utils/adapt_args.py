@@ -49,8 +49,9 @@ def add_adaptation_args(parser: argparse.ArgumentParser) -> ArgumentGroup:
     g.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        help="named adaptation settings, e.g. 'paper' (2000 + 2000 steps, "
-        "rank 2) (default: default)",
+        help="named adaptation settings: default (400 + 350 steps), fast "
+        "(20 + 30) or paper (2000 + 2000 steps, rank 2: the default's "
+        "trajectory, continued) (default: default)",
     )
     g.add_argument(
         "--no-adapt",
@@ -77,8 +78,19 @@ def add_adaptation_args(parser: argparse.ArgumentParser) -> ArgumentGroup:
         "--lr-schedule",
         choices=LR_SCHEDULES,
         help="learning rate over each phase: constant, or cosine (held for the "
-        "first half, then decayed to a tenth) (default: the preset's; cosine "
-        "in default, constant in fast and paper)",
+        "first half of its span, then decayed to a tenth) (default: the "
+        "preset's; cosine in default and paper, constant in fast)",
+    )
+    g.add_argument(
+        "--anneal",
+        type=int,
+        nargs=2,
+        metavar=("R", "A"),
+        help="steps over which the refinement's temperature and rate (R) and "
+        "the update's rate after its warm-up (A) anneal, whatever the phase's "
+        "length: more steps continue the same trajectory; 0 stretches a "
+        "schedule over its phase (default: the preset's; 400 250 in default "
+        "and paper, 0 0 in fast)",
     )
     g.add_argument("--rank", type=int, metavar="R", help="rank of the decoder update")
     g.add_argument("--form", choices=UPDATE_FORMS, help="update form of the adapters")
@@ -109,7 +121,8 @@ def add_adaptation_args(parser: argparse.ArgumentParser) -> ArgumentGroup:
 
 def adaptation_flags_given(args: argparse.Namespace) -> bool:
     """Whether any adaptation flag was given (to warn when they do nothing)."""
-    given = (getattr(args, dest, None) is not None for dest in (*_FIELDS, "lr"))
+    dests = (*_FIELDS, "lr", "anneal")
+    given = (getattr(args, dest, None) is not None for dest in dests)
     return getattr(args, "no_adapt", False) or (
         getattr(args, "preset", None) is not None or any(given)
     )
@@ -128,6 +141,12 @@ def adapt_config_from_args(args: argparse.Namespace, **defaults: Any) -> AdaptCo
         value = getattr(args, dest, None)
         if value is not None:
             changes[field] = value
+    if getattr(args, "anneal", None) is not None:
+        refine, adapt = args.anneal
+        if min(refine, adapt) < 0:
+            raise ValueError(f"--anneal steps must be >= 0, got {refine} {adapt}")
+        changes["refine_anneal"] = refine or None
+        changes["adapt_anneal"] = adapt or None
     if getattr(args, "no_adapt", False):
         changes["enabled"] = False
     return AdaptConfig.preset(getattr(args, "preset", None) or "default", **changes)

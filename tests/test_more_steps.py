@@ -1,0 +1,62 @@
+"""More encoder steps continue the shorter run's trajectory (same seed).
+
+With ``refine_anneal`` / ``adapt_anneal`` the schedules of a phase do not
+depend on its length, so a longer phase repeats the shorter one step for step
+and then goes on; the best checkpoint is kept, so the refined latents of more
+steps are never costlier.  Without them (the ``fast`` preset) the schedules
+stretch over the phase, and the trajectories differ from the first step.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_determinism import NAMES, _image, _model  # noqa: E402  (same directory)
+
+from compressai_lora.adapt import AdaptConfig
+
+
+def _run(name: str, **settings) -> tuple[dict, dict[str, list[float]]]:
+    """The adaptation's stats and each phase's per-step losses."""
+    losses: dict[str, list[float]] = {"refine": [], "adapt": []}
+    model = _model(name)
+    model.adapt_config = AdaptConfig(
+        lmbda=2.0, refine_lr=0.05, adapt_lr=0.05, gate_steps=10, patience=0,
+        threads=1, seed=3, callback=lambda i: losses[i["phase"]].append(i["loss"]),
+        **settings,
+    )  # fmt: skip
+    with torch.no_grad():
+        model.compress(_image(5))
+    return dict(model.last_adaptation), losses
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_more_refinement_steps_never_give_costlier_latents(name):
+    anneal = dict(refine_anneal=20, adapt_steps=0)
+    short, short_losses = _run(name, refine_steps=20, **anneal)
+    long, long_losses = _run(name, refine_steps=50, **anneal)
+    assert long_losses["refine"][:20] == short_losses["refine"]
+    assert len(long_losses["refine"]) == 50
+    # the checkpoint objective of the best iterate (the real coder's cost up
+    # to its tables, tests/test_adapt_objective.py) never rises ...
+    assert long["refine_loss"] <= short["refine_loss"]
+    # ... and the real coded J of the refined latents follows it
+    assert long["J"]["refined"] <= short["J"]["refined"] * 1.02
+
+
+def test_more_update_steps_continue_the_shorter_update():
+    anneal = dict(refine_steps=10, refine_anneal=10, adapt_anneal=10)
+    short, short_losses = _run("cheng2020-attn-lora", adapt_steps=30, **anneal)
+    long, long_losses = _run("cheng2020-attn-lora", adapt_steps=60, **anneal)
+    assert long_losses["refine"] == short_losses["refine"]
+    n = len(short_losses["adapt"])
+    assert n > 10 and long_losses["adapt"][:n] == short_losses["adapt"]
+    assert long["gates"] == short["gates"] or "gates_retries" in short
+
+
+def test_without_annealing_spans_a_longer_phase_is_another_trajectory():
+    stretched = dict(refine_anneal=None, adapt_steps=0)
+    _, short = _run("cheng2020-attn-lora", refine_steps=20, **stretched)
+    _, long = _run("cheng2020-attn-lora", refine_steps=50, **stretched)
+    assert short["refine"][0] == long["refine"][0]  # same start, same seed
+    assert short["refine"][:20] != long["refine"][:20]
