@@ -60,3 +60,14 @@ def test_without_annealing_spans_a_longer_phase_is_another_trajectory():
     _, long = _run("cheng2020-attn-lora", refine_steps=50, **stretched)
     assert short["refine"][0] == long["refine"][0]  # same start, same seed
     assert short["refine"][:20] != long["refine"][:20]
+
+
+def test_a_larger_budget_continues_the_smaller_budgets_refinement():
+    budget = dict(refine_steps=100_000, adapt_steps=0, refine_anneal=30)
+    _, small_losses = _run("cheng2020-attn-lora", time_budget=0.4, **budget)
+    _, large_losses = _run("cheng2020-attn-lora", time_budget=1.6, **budget)
+    n = len(small_losses["refine"])
+    assert 0 < n < len(large_losses["refine"])
+    # the same steps, then more (the smaller budget's last, off-grid check of
+    # its latest latents is the one thing the larger one does not repeat)
+    assert large_losses["refine"][:n] == small_losses["refine"]

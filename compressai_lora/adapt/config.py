@@ -179,8 +179,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # as a continuation of the default: the same rates and annealing, so its
     # first 400 + 350 steps are the default's and the steps after them
     # continue at the annealed rate and temperature (more steps never make
-    # the latents costlier; the paper's constant rates gave worse files than
-    # the default on 6 of 14 dev crops, docs/RESULTS.md).
+    # the latents costlier).  The paper's constant rates gave costlier files
+    # than the default at 1000 + 1000 steps on 5 of the 14 dev crops and at
+    # 2000 + 2000 on 2 (docs/RESULTS.md, 2026-12-03).
     "paper": {"refine_steps": 2000, "adapt_steps": 2000},
     # Quick and cheap, for previews and tests (the first release's rates; its
     # schedules run over its own 20 + 30 steps).
