@@ -71,3 +71,16 @@ def test_a_larger_budget_continues_the_smaller_budgets_refinement():
     # the same steps, then more (the smaller budget's last, off-grid check of
     # its latest latents is the one thing the larger one does not repeat)
     assert large_losses["refine"][:n] == small_losses["refine"]
+
+
+def test_spans_equal_to_the_phases_are_the_stretched_schedules():
+    """The default (400 + 350 steps, spans 400 and 350 - 100) runs as before
+    the spans existed: same losses step for step."""
+    steps = dict(refine_steps=20, adapt_steps=30)
+    spans, spans_losses = _run(
+        "cheng2020-attn-lora", refine_anneal=20, adapt_anneal=20, **steps
+    )
+    stretched, stretched_losses = _run(
+        "cheng2020-attn-lora", refine_anneal=None, adapt_anneal=None, **steps
+    )
+    assert spans_losses == stretched_losses and spans["J"] == stretched["J"]
