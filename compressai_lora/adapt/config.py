@@ -80,6 +80,11 @@ class AdaptConfig:
         rank: rank of the decoder update
         form: update form of the adapters ("separable" or "full")
         step_code: quantization step of the factors, ``2 ** (-step_code / 4)``
+            (the finest tried; the update trains at it until the gates decide)
+        step_search: coarser steps the gate decision also codes the update at
+            (``step_code - 4``, ``- 8``, ...: each doubles the step); the one
+            of the lowest real RD cost is sent and trained on (0: only
+            ``step_code``)
         lmbda: RD trade-off; None takes CompressAI's table for quality/metric
         metric: distortion, "mse" or "ms-ssim"
         seed: seed of every random choice (same seed, same bytes)
@@ -114,6 +119,7 @@ class AdaptConfig:
     rank: int = 2
     form: str = "separable"
     step_code: int = 24
+    step_search: int = 4
     lmbda: Optional[float] = None
     metric: str = "mse"
     seed: int = 0
@@ -129,7 +135,13 @@ class AdaptConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("refine_steps", "adapt_steps", "gate_steps", "patience"):
+        for name in (
+            "refine_steps",
+            "adapt_steps",
+            "gate_steps",
+            "patience",
+            "step_search",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("refine_anneal", "adapt_anneal"):

@@ -5,22 +5,27 @@ real decoder sees (the refined candidate's), with its bits in the loss.
    ``cfg.gate_steps`` steps (straight-through quantized; they start at zero,
    so an update has to earn its bits).
 2. The gates decide on measured figures: the warm update is coded for real
-   and, layer by layer, the real ``J`` without that layer's update is
-   compared with the real ``J`` with it (backward elimination).  A layer
-   stays open if removing it costs (``dJ > 0``); ``stats["gates"]`` records
-   each decision and its ``dJ``.  Deterministic: no gate network, no random
-   draw.  When no layer pays yet, every layer trains on and the decision is
-   taken again ``cfg.gate_steps`` steps later, while the phase has room for
-   it (``stats["gates_step"]``: the step of the decision that stood).  When
-   the time budget ends the warm-up, the warm update of every layer is coded
-   once instead (``dJ`` None, ``"by": "budget"``).
+   at ``cfg.step_code`` and at each of ``cfg.step_search`` coarser steps
+   (each twice the last); the step of the lowest real ``J`` stands
+   (``stats["step_code"]``, every step's figure in ``stats["step_J"]``) and
+   the update trains on at it.  A finer step resolves the update better, a
+   coarser one costs fewer bits: which pays depends on the image and on how
+   far refinement went.  Then, layer by layer, the real ``J`` without that
+   layer's update is compared with the real ``J`` with it (backward
+   elimination).  A layer stays open if removing it costs (``dJ > 0``);
+   ``stats["gates"]`` records each decision and its ``dJ``.  Deterministic:
+   no gate network, no random draw.  When no layer pays yet, every layer
+   trains on (at ``cfg.step_code``) and the decision is taken again
+   ``cfg.gate_steps`` steps later, while the phase has room for it
+   (``stats["gates_step"]``: the step of the decision that stood).  When the
+   time budget ends the warm-up, the warm update of every layer is coded once
+   instead (``dJ`` None, ``"by": "budget"``).
 3. The open layers train on, the learning rate following
    ``cfg.lr_schedule`` from the end of the warm-up over ``cfg.adapt_anneal``
    steps (None: the rest of the phase), then at its floor; every
-   ``EVAL_EVERY`` steps
-   the update is coded for real and the lowest real ``J`` is kept
-   (``cfg.patience`` steps without a better one end the phase).  A greedy
-   pass on real costs then closes the layers that no longer pay.
+   ``EVAL_EVERY`` steps the update is coded for real and the lowest real
+   ``J`` is kept (``cfg.patience`` steps without a better one end the phase).
+   A greedy pass on real costs then closes the layers that no longer pay.
 
 :class:`ImageUpdate` holds one image's factors and makes its decisions (all
 on the image alone); :mod:`.update_loop` trains a batch of them together.
@@ -72,8 +77,8 @@ class ImageUpdate:
         self.model, self.refined, self.target = model, refined, target
         self.cfg, self.index = cfg, index
         self.names = list(model.lora_layers)
-        self.step = update_stream.step_from_code(cfg.step_code)
-        self.limit = self.step * update_stream.MAX_SYMBOL / 4
+        self.step_code, self.step, self.limit = cfg.step_code, 0.0, 0.0
+        self.set_step(cfg.step_code)
         device = target.x.device
         self.factors = [
             {
@@ -90,6 +95,17 @@ class ImageUpdate:
         self.since = 0
         self.iters: Optional[int] = None  # steps done, once it has stopped
         self.stats: dict[str, Any] = {}
+
+    def set_step(self, code: int) -> None:
+        """Quantize (and train) the factors on the grid of step ``code``."""
+        self.step_code = code
+        self.step = update_stream.step_from_code(code)
+        self.limit = self.step * update_stream.MAX_SYMBOL / 4
+
+    def step_codes(self) -> list[int]:
+        """The step codes a decision tries, finest first."""
+        codes = [self.cfg.step_code - 4 * k for k in range(self.cfg.step_search + 1)]
+        return [c for c in codes if c >= 0]
 
     def leaves(self) -> list[Tensor]:
         return [t for f in self.factors for t in f.values()]
@@ -115,35 +131,49 @@ class ImageUpdate:
         )
         return bits / self.target.pixels
 
-    def updates(self, layers) -> dict[int, update_stream.LayerUpdate]:
-        """The quantized updates of ``layers`` that are not all zero."""
+    def updates(self, layers, code=None) -> dict[int, update_stream.LayerUpdate]:
+        """The updates of ``layers`` quantized at step ``code`` (None: the
+        current step) that are not all zero."""
+        code = self.step_code if code is None else code
+        step = update_stream.step_from_code(code)
         out = {}
         for i in layers:
             f = {k: v.detach() for k, v in self.factors[i].items()}
-            if sane(*f.values(), limit=self.limit) and any(
-                torch.round(v / self.step).abs().sum() > 0 for v in f.values()
+            if sane(*f.values(), limit=step * update_stream.MAX_SYMBOL / 4) and any(
+                torch.round(v / step).abs().sum() > 0 for v in f.values()
             ):
-                out[i] = update_stream.quantize(f, self.cfg.step_code)
+                out[i] = update_stream.quantize(f, code)
         return out
 
-    def real(self, layers) -> Optional[Candidate]:
-        """``layers``' current update, coded and decoded for real (None: empty)."""
-        updates = self.updates(layers)
+    def real(self, layers, code=None) -> Optional[Candidate]:
+        """``layers``' current update at step ``code`` (None: the current
+        step), coded and decoded for real (None: empty)."""
+        code = self.step_code if code is None else code
+        updates = self.updates(layers, code)
         if not updates:
             return None
-        return update_candidate(
-            self.model, self.refined, updates, self.cfg.step_code, self.target
-        )
+        return update_candidate(self.model, self.refined, updates, code, self.target)
+
+    def choose_step(self) -> Optional[Candidate]:
+        """Set the step at which the open layers' update costs least (real J,
+        ties to the finer step) and return that update."""
+        trials = {c: self.real(self.open, c) for c in self.step_codes()}
+        costs = {c: self.refined.J if t is None else t.J for c, t in trials.items()}
+        code = min(costs, key=costs.__getitem__)
+        self.set_step(code)
+        self.stats["step_code"], self.stats["step_J"] = code, costs
+        return trials[code]
 
     # -- decisions ---------------------------------------------------------
     def decide(self) -> Optional[Candidate]:
         """Keep the layers whose update pays, by the real coded cost.
 
-        Backward elimination in layer order: a layer is closed if the update
-        without it costs less (real J) than with it; ``dJ`` is what removing
-        it would have cost (> 0: it stays open).
+        First the step (:meth:`choose_step`), then backward elimination in
+        layer order at it: a layer is closed if the update without it costs
+        less (real J) than with it; ``dJ`` is what removing it would have
+        cost (> 0: it stays open).
         """
-        current = self.real(self.open)
+        current = self.choose_step()
         record = {}
         for i in list(self.open):
             rest = [j for j in self.open if j != i]
@@ -166,6 +196,7 @@ class ImageUpdate:
         self.stats["gates_step"] = step
         if not self.open and step + self.cfg.gate_steps < self.cfg.adapt_steps:
             self.open, self.decided = list(range(len(self.factors))), False
+            self.set_step(self.cfg.step_code)
             self.decide_at = step + self.cfg.gate_steps
             self.stats["gates_retries"] = self.stats.get("gates_retries", 0) + 1
         self.split = self.first_block()
@@ -198,6 +229,6 @@ class ImageUpdate:
         if self.best is None or "stopped" in self.stats:
             return self.best, self.stats  # out of time: no pruning pass
         final = prune_by_real_cost(
-            self.model, self.refined, self.best, self.cfg.step_code, self.target
+            self.model, self.refined, self.best, self.step_code, self.target
         )
         return final, self.stats

@@ -1,0 +1,111 @@
+"""The gate decision's quantization step, chosen by the real coded cost."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from test_adapt import FAST, check_sent_cost, pixel_art, roundtrip, small_pair
+
+from compressai_lora.adapt import AdaptConfig
+from compressai_lora.adapt.update import ImageUpdate
+from compressai_lora.update_stream import step_from_code
+from compressai_lora.zoo import model_architectures
+
+NAMES = sorted(model_architectures)
+
+
+def _bare(cfg: AdaptConfig, costs: dict, refined_j: float = 1.0) -> ImageUpdate:
+    """An ImageUpdate whose real costs per step code are ``costs`` (missing:
+    the update quantizes to nothing)."""
+    s = object.__new__(ImageUpdate)
+    s.cfg, s.refined, s.open, s.stats = cfg, SimpleNamespace(J=refined_j), [0], {}
+    s.set_step(cfg.step_code)
+    s.real = lambda layers, code: (
+        SimpleNamespace(J=costs[code]) if code in costs else None
+    )
+    return s
+
+
+def test_the_lowest_real_cost_wins_ties_to_the_finer_step():
+    s = _bare(AdaptConfig(step_code=10, step_search=4), {10: 0.9, 6: 0.8, 2: 0.8})
+    chosen = s.choose_step()
+    assert chosen.J == 0.8
+    assert (s.step_code, s.step) == (6, step_from_code(6))
+    assert s.limit == step_from_code(6) * 2**26 / 4
+    assert s.stats["step_J"] == {10: 0.9, 6: 0.8, 2: 0.8}  # no code below 0
+    assert s.stats["step_code"] == 6
+
+
+def test_no_update_at_any_step_keeps_the_finest():
+    s = _bare(AdaptConfig(step_code=24, step_search=2), {})
+    assert s.choose_step() is None
+    assert s.step_code == 24
+    assert s.stats["step_J"] == {24: 1.0, 20: 1.0, 16: 1.0}
+
+
+def test_step_search_zero_tries_only_the_step_code():
+    s = _bare(AdaptConfig(step_code=24, step_search=0), {24: 2.0, 20: 0.1})
+    assert s.choose_step().J == 2.0
+    assert list(s.stats["step_J"]) == [24]
+    with pytest.raises(ValueError, match="step_search"):
+        AdaptConfig(step_search=-1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_update_is_sent_at_the_chosen_step(name):
+    base, lora = small_pair(name, n=8)
+    lora.adapt_config = AdaptConfig(**{**FAST, "lmbda": 1.0, "adapt_steps": 12})
+    x = pixel_art()
+    out, x_hat = roundtrip(lora, x)
+    stats = lora.last_adaptation
+    costs = stats["step_J"]
+    assert list(costs) == [24, 20, 16, 12, 8]
+    assert costs[stats["step_code"]] == min(costs.values())
+    check_sent_cost(out, x_hat, x, 1.0, stats, base)
+    if stats["choice"] == "update":
+        sent = lora.decode_update(out["strings"][-1][0])
+        assert {u.step for u in sent.values()} == {step_from_code(stats["step_code"])}
+
+
+def test_a_coarse_update_decodes_exactly_in_a_fresh_model(monkeypatch):
+    monkeypatch.setattr(ImageUpdate, "step_codes", lambda self: [12])
+    base, lora = small_pair("bmshj2018-hyperprior-lora")
+    cfg = AdaptConfig(**{**FAST, "lmbda": 1.0, "refine_steps": 0, "adapt_steps": 15})
+    lora.adapt_config = cfg
+    x = pixel_art()
+    out, x_hat = roundtrip(lora, x)
+    assert lora.last_adaptation["choice"] == "update"
+    sent = lora.decode_update(out["strings"][-1][0])
+    assert {u.step for u in sent.values()} == {step_from_code(12)}
+    fresh = model_architectures["bmshj2018-hyperprior-lora"].from_state_dict(
+        base.state_dict()
+    )
+    fresh.update(force=True)
+    with torch.no_grad():
+        again = fresh.eval().decompress(out["strings"], out["shape"])["x_hat"]
+    assert torch.equal(again, x_hat)
+
+
+def test_a_retry_trains_at_the_step_code_again(monkeypatch):
+    steps, real = [], ImageUpdate.decide
+
+    def decide(self):
+        steps.append(self.step_code)
+        out = real(self)
+        if len(steps) == 1:  # the first decision: a coarse step, nothing pays
+            self.set_step(8)
+            self.open = []
+            return None
+        return out
+
+    monkeypatch.setattr(ImageUpdate, "decide", decide)
+    _, lora = small_pair("bmshj2018-factorized-lora", n=8)
+    lora.adapt_config = AdaptConfig(
+        **{**FAST, "refine_steps": 2, "adapt_steps": 12, "gate_steps": 4}
+    )
+    with torch.no_grad():
+        lora.compress(pixel_art())
+    assert steps == [24, 24]
+    assert lora.last_adaptation["gates_retries"] == 1
