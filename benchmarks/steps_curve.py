@@ -98,11 +98,7 @@ def code(cfg):
             "J": bpp + args["lmbda"] * mse, "seconds": seconds,
             "choice": stats.get("choice"), "update_bytes": len(out["strings"][-1][0]),
             "open_gates": len(stats.get("open_gates") or []),
-            "candidates": stats.get("J"),  # real J of base, refined, update
-            # the gate decision that stood: its step, retries, and the real J
-            # of the warm update at each quantization step it tried
-            **{k: stats.get(k) for k in ("gates_step", "gates_retries",
-                                         "step_code", "step_J")}}
+            "candidates": stats.get("J")}  # real J of base, refined, update
 
 base = code(AdaptConfig(enabled=False, lmbda=args["lmbda"]))
 cfg = AdaptConfig.preset(args["preset"], lmbda=args["lmbda"], seed=args["seed"],

@@ -119,7 +119,7 @@ class AdaptConfig:
     rank: int = 2
     form: str = "separable"
     step_code: int = 24
-    step_search: int = 4
+    step_search: int = 3
     lmbda: Optional[float] = None
     metric: str = "mse"
     seed: int = 0
