@@ -50,6 +50,14 @@ def roundtrip(model, x):
     return out, x_hat
 
 
+def fresh_decode(name: str, base, out):
+    """``out`` decoded by a new ``name`` model built from ``base``'s weights."""
+    fresh = model_architectures[name].from_state_dict(base.state_dict())
+    fresh.update(force=True)
+    with torch.no_grad():
+        return fresh.eval().decompress(out["strings"], out["shape"])["x_hat"]
+
+
 def real_J(strings, x_hat, x, lmbda):
     """RD cost of what was sent, from the bitstream alone: bpp over the bytes of
     all strings and the image's pixels, 255^2 * MSE of the 8-bit decoded image
@@ -112,13 +120,7 @@ def test_update_decodes_exactly_in_a_fresh_model():
     out, x_hat = roundtrip(lora, x)
     assert lora.last_adaptation["choice"] == "update"
     assert len(out["strings"][-1][0]) > 1
-    fresh = model_architectures["bmshj2018-hyperprior-lora"].from_state_dict(
-        base.state_dict()
-    )
-    fresh.update(force=True)
-    with torch.no_grad():
-        again = fresh.eval().decompress(out["strings"], out["shape"])["x_hat"]
-    assert torch.equal(again, x_hat)
+    assert torch.equal(fresh_decode("bmshj2018-hyperprior-lora", base, out), x_hat)
 
 
 def test_same_seed_same_bytes_and_the_seed_drives_the_optimization():

@@ -6,7 +6,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_adapt import FAST, check_sent_cost, pixel_art, roundtrip, small_pair
+from test_adapt import (
+    FAST,
+    check_sent_cost,
+    fresh_decode,
+    pixel_art,
+    roundtrip,
+    small_pair,
+)
 
 from compressai_lora.adapt import AdaptConfig
 from compressai_lora.adapt.update import ImageUpdate
@@ -79,13 +86,7 @@ def test_a_coarse_update_decodes_exactly_in_a_fresh_model(monkeypatch):
     assert lora.last_adaptation["choice"] == "update"
     sent = lora.decode_update(out["strings"][-1][0])
     assert {u.step for u in sent.values()} == {step_from_code(12)}
-    fresh = model_architectures["bmshj2018-hyperprior-lora"].from_state_dict(
-        base.state_dict()
-    )
-    fresh.update(force=True)
-    with torch.no_grad():
-        again = fresh.eval().decompress(out["strings"], out["shape"])["x_hat"]
-    assert torch.equal(again, x_hat)
+    assert torch.equal(fresh_decode("bmshj2018-hyperprior-lora", base, out), x_hat)
 
 
 def test_a_retry_trains_at_the_step_code_again(monkeypatch):
