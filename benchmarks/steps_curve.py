@@ -43,6 +43,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -260,6 +261,31 @@ def dropped(cells: list, schedules: list[str]) -> list[str]:
     return out
 
 
+def gain_ratio(
+    cells: list[tuple[dict, dict]], short: str = "default", long: str = "paper"
+) -> Optional[str]:
+    """``short`` against ``long`` over ``cells`` (per image, their results):
+    the share of ``long``'s mean J gain over the base codec that ``short``
+    reaches, and the share of ``long``'s mean time it takes."""
+    if not cells:
+        return None
+
+    def mean(k: int, f) -> float:
+        return sum(f(c[k]) for c in cells) / len(cells)
+
+    gain = [mean(k, lambda c: 1 - c["J"] / c["base"]["J"]) for k in (0, 1)]
+    sec = [mean(k, lambda c: c["seconds"]) for k in (0, 1)]
+    if gain[1] <= 0 or sec[1] <= 0:
+        return None
+    return (
+        f"{short} against {long} ({len(cells)} images with both): "
+        f"{100 * gain[0] / gain[1]:.1f}% of the mean J gain "
+        f"({-100 * gain[0]:+.2f}% vs {-100 * gain[1]:+.2f}%) in "
+        f"{100 * sec[0] / sec[1]:.1f}% of the mean time "
+        f"({sec[0]:.0f} s vs {sec[1]:.0f} s)"
+    )
+
+
 def table(results: dict, images: list[Path], schedules: list[str], codes) -> str:
     """Per code: J against the base codec and seconds per image and schedule
     (``-`` not measured), where J rose along the schedules, and the means."""
@@ -295,6 +321,16 @@ def table(results: dict, images: list[Path], schedules: list[str], codes) -> str
             rel, sec = (sum(x) / len(v) for x in zip(*v))
             mean.append(f"{rel:+.2f}% {sec:.0f}s ({len(v)})")
         lines.append("| " + " | ".join(mean) + " | | |")
+        if "default" in schedules and "paper" in schedules:
+            pairs = [
+                (results[label, img, "default"], results[label, img, "paper"])
+                for img in images
+                if (label, img, "default") in results
+                and (label, img, "paper") in results
+            ]
+            ratio = gain_ratio(pairs)
+            if ratio:
+                lines.append(f"\n{ratio}")
     return "\n".join(lines) + "\n"
 
 

@@ -35,3 +35,22 @@ def test_dropped_names_schedules_that_no_longer_send_the_update():
 
 def test_cache_key_names_the_machine():
     assert steps_curve.machine().endswith(torch.backends.cpu.get_cpu_capability())
+
+
+def _timed(j: float, seconds: float) -> dict:
+    return {"J": j, "seconds": seconds, "base": {"J": 1.0}}
+
+
+def test_gain_ratio_compares_mean_gain_and_mean_time():
+    # default saves 18% and 22% (mean 20%) in 10 s and 30 s; paper saves
+    # 25% both times in 100 s: 80% of the gain in 20% of the time
+    pairs = [
+        (_timed(0.82, 10.0), _timed(0.75, 100.0)),
+        (_timed(0.78, 30.0), _timed(0.75, 100.0)),
+    ]
+    text = steps_curve.gain_ratio(pairs)
+    assert text.startswith("default against paper (2 images with both): 80.0% of")
+    assert "in 20.0% of the mean time" in text
+    assert steps_curve.gain_ratio([]) is None
+    # no gain at the long schedule: no ratio to give
+    assert steps_curve.gain_ratio([(_timed(0.9, 1.0), _timed(1.0, 2.0))]) is None
