@@ -18,10 +18,12 @@ One JSON line per decision, then one for the run (its choice and real ``J``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -39,9 +41,10 @@ def _parse_set(items: list[str]) -> dict:
     return out
 
 
-def record_decisions(out: list[dict]) -> None:
-    """Wrap ``ImageUpdate.choose_step`` and ``decide`` to append each
-    decision's figures to ``out``."""
+@contextlib.contextmanager
+def record_decisions(out: list[dict]) -> Iterator[None]:
+    """Within the block, each gate decision appends its figures to ``out``
+    (``ImageUpdate.choose_step`` and ``decide`` wrapped, restored after)."""
     from compressai_lora.adapt import update as U
 
     choose, decide = U.ImageUpdate.choose_step, U.ImageUpdate.decide
@@ -82,6 +85,10 @@ def record_decisions(out: list[dict]) -> None:
         return result
 
     U.ImageUpdate.choose_step, U.ImageUpdate.decide = choose_step, decide_
+    try:
+        yield
+    finally:
+        U.ImageUpdate.choose_step, U.ImageUpdate.decide = choose, decide
 
 
 def main(argv: list[str]) -> None:
@@ -123,9 +130,8 @@ def main(argv: list[str]) -> None:
         **_parse_set(args.set),
     )
     decisions: list[dict] = []
-    record_decisions(decisions)
     start = time.perf_counter()
-    with torch.no_grad(), model.input_padding(pad):
+    with record_decisions(decisions), torch.no_grad(), model.input_padding(pad):
         model.compress(xp)
     seconds = time.perf_counter() - start
     for d in decisions:
