@@ -25,7 +25,9 @@ bytes); a cached job whose key differs runs again, so a cache can be kept
 
 The table flags, per image, where J rose along the schedules by more than 0.5%
 against the best shorter schedule, and the schedules that sent no update where
-a shorter one sent one.
+a shorter one sent one.  With ``default`` and ``paper`` both measured, a line
+per code gives the share of ``paper``'s mean J gain that ``default`` reaches
+and the share of ``paper``'s mean time it takes (the crops with both).
 """
 
 from __future__ import annotations
