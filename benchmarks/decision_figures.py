@@ -46,6 +46,7 @@ def record_decisions(out: list[dict]) -> Iterator[None]:
     """Within the block, each gate decision appends its figures to ``out``
     (``ImageUpdate.choose_step`` and ``decide`` wrapped, restored after)."""
     from compressai_lora.adapt import update as U
+    from compressai_lora.priors import tensor_bits
 
     choose, decide = U.ImageUpdate.choose_step, U.ImageUpdate.decide
 
@@ -57,7 +58,7 @@ def record_decisions(out: list[dict]) -> Iterator[None]:
                 q = [torch.round(v / self.step) for v in self.factors[i].values()]
                 layers[self.names[i]] = {
                     "nonzero": int(sum((t != 0).sum() for t in q)),
-                    "bits": round(float(sum(U.tensor_bits(t) for t in q)), 1),
+                    "bits": round(float(sum(tensor_bits(t) for t in q)), 1),
                 }
         refined, t = self.refined, self.target
         out.append(
