@@ -4,7 +4,8 @@
 records every decision of a run (a retry overwrites the stats): for each, the
 refined latents' real ``J``, the warm update's real bytes and distortion at
 the training step, its nonzero symbols and differentiable bits per layer, the
-real ``J`` at every step code the decision tries, and each layer's ``dJ``.
+real ``J`` at every step code the decision tries, each layer's ``dJ``, and
+the real ``J`` and bytes of every checkpoint after it.
 Use it to see why an update was or was not sent, e.g. on the images where a
 short schedule sends an update and a longer one does not:
 
@@ -49,6 +50,7 @@ def record_decisions(out: list[dict]) -> Iterator[None]:
     from compressai_lora.priors import tensor_bits
 
     choose, decide = U.ImageUpdate.choose_step, U.ImageUpdate.decide
+    better = U.ImageUpdate.better
 
     def choose_step(self):
         with torch.no_grad():
@@ -85,11 +87,19 @@ def record_decisions(out: list[dict]) -> Iterator[None]:
         out[-1]["J"] = None if result is None else result.J
         return result
 
+    def better_(self):
+        c = self.real(self.open)
+        if c is not None:  # the checkpoint's own real J and bytes
+            out[-1].setdefault("checkpoints", []).append([c.J, len(c.update)])
+        return better(self)
+
     U.ImageUpdate.choose_step, U.ImageUpdate.decide = choose_step, decide_
+    U.ImageUpdate.better = better_
     try:
         yield
     finally:
         U.ImageUpdate.choose_step, U.ImageUpdate.decide = choose, decide
+        U.ImageUpdate.better = better
 
 
 def main(argv: list[str]) -> None:

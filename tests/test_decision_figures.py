@@ -21,10 +21,12 @@ def test_each_decision_is_recorded_and_the_class_restored():
     # when nothing pays there
     lora.adapt_config = AdaptConfig(**FAST, step_search=2)
     choose, decide = ImageUpdate.choose_step, ImageUpdate.decide
+    better = ImageUpdate.better
     out: list[dict] = []
     with decision_figures.record_decisions(out), torch.no_grad():
         lora.compress(pixel_art())
     assert (ImageUpdate.choose_step, ImageUpdate.decide) == (choose, decide)
+    assert ImageUpdate.better == better
     stats = lora.last_adaptation
     assert [d["step"] for d in out][-1] == stats["gates_step"]
     assert out[0]["step"] == 3
@@ -36,3 +38,7 @@ def test_each_decision_is_recorded_and_the_class_restored():
     assert set(last["dJ"]) == set(lora.lora_layers)
     assert last["refined_J"] == stats["J"]["refined"]
     assert all(v["nonzero"] >= 0 for v in last["layers"].values())
+    # the checkpoints after the decision: the sent update is at most the best
+    assert stats["choice"] == "update" and last["checkpoints"]
+    for j, nbytes in last["checkpoints"]:
+        assert j >= stats["J"]["update"] and nbytes > 0

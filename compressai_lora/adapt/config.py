@@ -83,7 +83,8 @@ class AdaptConfig:
             (the finest tried; the update trains at it until the gates decide)
         step_search: coarser steps the gate decision also codes the update at
             (``step_code - 4``, ``- 8``, ...: each doubles the step); the one
-            of the lowest real RD cost is sent and trained on (0: only
+            of the lowest real RD cost (a finer one within ``STEP_TIE`` of
+            it, see :mod:`.update`) is sent and trained on (0: only
             ``step_code``)
         lmbda: RD trade-off; None takes CompressAI's table for quality/metric
         metric: distortion, "mse" or "ms-ssim"

@@ -6,14 +6,15 @@ real decoder sees (the refined candidate's), with its bits in the loss.
    so an update has to earn its bits).
 2. The gates decide on measured figures: the warm update is coded for real
    at ``cfg.step_code`` and at each of ``cfg.step_search`` coarser steps
-   (each twice the last); the step of the lowest real ``J`` stands
-   (``stats["step_code"]``, every step's figure in ``stats["step_J"]``) and
-   the update trains on at it.  A finer step resolves the update better, a
-   coarser one costs fewer bits: which pays depends on the image and on how
-   far refinement went.  Then, layer by layer, the real ``J`` without that
-   layer's update is compared with the real ``J`` with it (backward
-   elimination).  A layer stays open if removing it costs (``dJ > 0``);
-   ``stats["gates"]`` records each decision and its ``dJ``.  Deterministic:
+   (each twice the last); the finest step within ``STEP_TIE`` of the lowest
+   real ``J`` stands (``stats["step_code"]``, every step's figure in
+   ``stats["step_J"]``) and the update trains on at it.  A finer step
+   resolves the update better, a coarser one costs fewer bits: which pays
+   depends on the image and on how far refinement went.  Then, layer by
+   layer, the real ``J`` without that layer's update is compared with the
+   real ``J`` with it (backward elimination).  A layer stays open if
+   removing it costs (``dJ > 0``); ``stats["gates"]`` records each decision
+   and its ``dJ``.  Deterministic:
    no gate network, no random draw.  When no layer pays yet, every layer
    trains on (at ``cfg.step_code``) and the decision is taken again
    ``cfg.gate_steps`` steps later, while the phase has room for it
@@ -43,9 +44,14 @@ from ..priors import tensor_bits
 from .candidates import Candidate, Target, prune_by_real_cost, update_candidate
 from .objective import sane
 
-__all__ = ["EVAL_EVERY", "ImageUpdate", "first_adapted_block"]
+__all__ = ["EVAL_EVERY", "STEP_TIE", "ImageUpdate", "first_adapted_block"]
 
 EVAL_EVERY = 10
+#: a coarser step must beat the finer one by more than this share of the
+#: refined J: the warm update favours fewer bits, and a finer step's update
+#: keeps improving with training (line-10 at ``paper``: 2^-5 won the decision
+#: by 0.03% and trained to a J 1.3% above 2^-6's, docs/RESULTS.md)
+STEP_TIE = 1e-3
 
 
 def first_adapted_block(model, paths=None) -> int:
@@ -55,6 +61,12 @@ def first_adapted_block(model, paths=None) -> int:
         if any(p == f"g_s.{i}" or p.startswith(f"g_s.{i}.") for p in paths):
             return i
     return len(model.g_s)
+
+
+def _symbol_limit(step: float) -> float:
+    """The largest factor value trained or sent at ``step`` (a quarter of the
+    stream's symbol range: room for the update to grow)."""
+    return step * update_stream.MAX_SYMBOL / 4
 
 
 def _ste_round(t: Tensor) -> Tensor:
@@ -100,7 +112,7 @@ class ImageUpdate:
         """Quantize (and train) the factors on the grid of step ``code``."""
         self.step_code = code
         self.step = update_stream.step_from_code(code)
-        self.limit = self.step * update_stream.MAX_SYMBOL / 4
+        self.limit = _symbol_limit(self.step)
 
     def step_codes(self) -> list[int]:
         """The step codes a decision tries, finest first."""
@@ -139,7 +151,7 @@ class ImageUpdate:
         out = {}
         for i in layers:
             f = {k: v.detach() for k, v in self.factors[i].items()}
-            if sane(*f.values(), limit=step * update_stream.MAX_SYMBOL / 4) and any(
+            if sane(*f.values(), limit=_symbol_limit(step)) and any(
                 torch.round(v / step).abs().sum() > 0 for v in f.values()
             ):
                 out[i] = update_stream.quantize(f, code)
@@ -155,11 +167,13 @@ class ImageUpdate:
         return update_candidate(self.model, self.refined, updates, code, self.target)
 
     def choose_step(self) -> Optional[Candidate]:
-        """Set the step at which the open layers' update costs least (real J,
-        ties to the finer step) and return that update."""
+        """Set the finest step whose update of the open layers costs at most
+        ``STEP_TIE`` of the refined ``J`` more than the cheapest (real J) and
+        return that update."""
         trials = {c: self.real(self.open, c) for c in self.step_codes()}
         costs = {c: self.refined.J if t is None else t.J for c, t in trials.items()}
-        code = min(costs, key=costs.__getitem__)
+        tie = min(costs.values()) + STEP_TIE * abs(self.refined.J)
+        code = next(c for c, j in costs.items() if j <= tie)  # finest first
         self.set_step(code)
         self.stats["step_code"], self.stats["step_J"] = code, costs
         return trials[code]
