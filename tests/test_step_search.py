@@ -16,7 +16,7 @@ from test_adapt import (
 )
 
 from compressai_lora.adapt import AdaptConfig
-from compressai_lora.adapt.update import STEP_TIE, ImageUpdate
+from compressai_lora.adapt.update import ImageUpdate
 from compressai_lora.update_stream import step_from_code
 from compressai_lora.zoo import model_architectures
 
@@ -47,14 +47,25 @@ def test_the_lowest_real_cost_wins_ties_to_the_finer_step():
 
 def test_a_near_tie_goes_to_the_finer_step():
     # line-10 at paper: 2^-5 beat 2^-6 by 0.03% of J at the decision
-    near = 1.0 - 0.5 * STEP_TIE * 2.0
-    s = _bare(AdaptConfig(step_code=24, step_search=3), {24: near, 20: 1.0}, 2.0)
-    assert s.choose_step().J == near and s.step_code == 24
-    clear = 1.0 - 2 * STEP_TIE * 2.0  # 24 costlier by more than the tie
-    s = _bare(AdaptConfig(step_code=24, step_search=3), {24: 1.0, 20: clear}, 2.0)
-    assert s.choose_step().J == clear and s.step_code == 20
-    s = _bare(AdaptConfig(step_code=24, step_search=3), {24: 1.0, 20: near}, 2.0)
+    cfg = AdaptConfig(step_code=24, step_search=3)
+    near = 1.0 - 0.5 * cfg.step_tie * 2.0
+    s = _bare(cfg, {24: 1.0, 20: near}, 2.0)
     assert s.choose_step().J == 1.0 and s.step_code == 24
+    clear = 1.0 - 2 * cfg.step_tie * 2.0  # 24 costlier by more than the tie
+    s = _bare(cfg, {24: 1.0, 20: clear}, 2.0)
+    assert s.choose_step().J == clear and s.step_code == 20
+    s = _bare(cfg.replace(step_tie=0.0), {24: 1.0, 20: near}, 2.0)
+    assert s.choose_step().J == near and s.step_code == 20
+    with pytest.raises(ValueError, match="step_tie"):
+        AdaptConfig(step_tie=-0.1)
+
+
+def test_the_tie_passes_over_a_finer_step_that_does_not_pay():
+    cfg = AdaptConfig(step_code=24, step_search=3, step_tie=0.01)
+    s = _bare(cfg, {24: 1.001, 20: 0.999}, 1.0)  # 24 within the tie, no gain
+    assert s.choose_step().J == 0.999 and s.step_code == 20
+    s = _bare(cfg, {24: 1.002, 20: 1.001}, 1.0)  # nothing pays: the tie holds
+    assert s.choose_step().J == 1.002 and s.step_code == 24
 
 
 def test_no_update_at_any_step_keeps_the_finest():
@@ -81,8 +92,10 @@ def test_the_update_is_sent_at_the_chosen_step(name):
     stats = lora.last_adaptation
     costs = stats["step_J"]
     assert list(costs) == [24, 20, 16, 12]
-    tie = min(costs.values()) + STEP_TIE * abs(stats["J"]["refined"])
-    assert stats["step_code"] == next(c for c, j in costs.items() if j <= tie)
+    refined = stats["J"]["refined"]
+    pool = {c: j for c, j in costs.items() if j < refined} or costs
+    tie = min(pool.values()) + lora.adapt_config.step_tie * abs(refined)
+    assert stats["step_code"] == next(c for c, j in pool.items() if j <= tie)
     check_sent_cost(out, x_hat, x, 1.0, stats, base)
     if stats["choice"] == "update":
         sent = lora.decode_update(out["strings"][-1][0])

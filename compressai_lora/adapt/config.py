@@ -83,9 +83,12 @@ class AdaptConfig:
             (the finest tried; the update trains at it until the gates decide)
         step_search: coarser steps the gate decision also codes the update at
             (``step_code - 4``, ``- 8``, ...: each doubles the step); the one
-            of the lowest real RD cost (a finer one within ``STEP_TIE`` of
-            it, see :mod:`.update`) is sent and trained on (0: only
+            of the lowest real RD cost is sent and trained on (0: only
             ``step_code``)
+        step_tie: a finer step stands if its real RD cost is at most this
+            share of the refined latents' ``J`` above the lowest (among the
+            steps whose update pays): the warm update favours fewer bits, a
+            finer step's update gains more from training
         lmbda: RD trade-off; None takes CompressAI's table for quality/metric
         metric: distortion, "mse" or "ms-ssim"
         seed: seed of every random choice (same seed, same bytes)
@@ -121,6 +124,7 @@ class AdaptConfig:
     form: str = "separable"
     step_code: int = 24
     step_search: int = 3
+    step_tie: float = 1e-3
     lmbda: Optional[float] = None
     metric: str = "mse"
     seed: int = 0
@@ -152,6 +156,8 @@ class AdaptConfig:
         for name in ("refine_lr", "adapt_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.step_tie >= 0:
+            raise ValueError(f"step_tie must be >= 0, got {self.step_tie}")
         if not 1 <= self.rank <= 255:
             raise ValueError(f"rank must be in [1, 255], got {self.rank}")
         if not 0 <= self.step_code <= 255:

@@ -6,8 +6,8 @@ real decoder sees (the refined candidate's), with its bits in the loss.
    so an update has to earn its bits).
 2. The gates decide on measured figures: the warm update is coded for real
    at ``cfg.step_code`` and at each of ``cfg.step_search`` coarser steps
-   (each twice the last); the finest step within ``STEP_TIE`` of the lowest
-   real ``J`` stands (``stats["step_code"]``, every step's figure in
+   (each twice the last); the finest step within ``cfg.step_tie`` of the
+   lowest real ``J`` stands (``stats["step_code"]``, every step's figure in
    ``stats["step_J"]``) and the update trains on at it.  A finer step
    resolves the update better, a coarser one costs fewer bits: which pays
    depends on the image and on how far refinement went.  Then, layer by
@@ -44,14 +44,9 @@ from ..priors import tensor_bits
 from .candidates import Candidate, Target, prune_by_real_cost, update_candidate
 from .objective import sane
 
-__all__ = ["EVAL_EVERY", "STEP_TIE", "ImageUpdate", "first_adapted_block"]
+__all__ = ["EVAL_EVERY", "ImageUpdate", "first_adapted_block"]
 
 EVAL_EVERY = 10
-#: a coarser step must beat the finer one by more than this share of the
-#: refined J: the warm update favours fewer bits, and a finer step's update
-#: keeps improving with training (line-10 at ``paper``: 2^-5 won the decision
-#: by 0.03% and trained to a J 1.3% above 2^-6's, docs/RESULTS.md)
-STEP_TIE = 1e-3
 
 
 def first_adapted_block(model, paths=None) -> int:
@@ -168,12 +163,18 @@ class ImageUpdate:
 
     def choose_step(self) -> Optional[Candidate]:
         """Set the finest step whose update of the open layers costs at most
-        ``STEP_TIE`` of the refined ``J`` more than the cheapest (real J) and
-        return that update."""
+        ``cfg.step_tie`` of the refined ``J`` more than the cheapest (real J;
+        only steps whose update pays, if any does) and return that update.
+
+        A near tie goes to the finer step: on line-10 at ``paper`` 2^-5 won
+        the decision by 0.03% of ``J`` and trained to a ``J`` 1.3% above
+        2^-6's (docs/RESULTS.md).
+        """
         trials = {c: self.real(self.open, c) for c in self.step_codes()}
         costs = {c: self.refined.J if t is None else t.J for c, t in trials.items()}
-        tie = min(costs.values()) + STEP_TIE * abs(self.refined.J)
-        code = next(c for c, j in costs.items() if j <= tie)  # finest first
+        pool = {c: j for c, j in costs.items() if j < self.refined.J} or costs
+        tie = min(pool.values()) + self.cfg.step_tie * abs(self.refined.J)
+        code = next(c for c, j in pool.items() if j <= tie)  # finest first
         self.set_step(code)
         self.stats["step_code"], self.stats["step_J"] = code, costs
         return trials[code]
