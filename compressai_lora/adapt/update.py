@@ -14,10 +14,10 @@ real decoder sees (the refined candidate's), with its bits in the loss.
    layer, the real ``J`` without that layer's update is compared with the
    real ``J`` with it (backward elimination).  A layer stays open if
    removing it costs (``dJ > 0``); ``stats["gates"]`` records each decision
-   and its ``dJ``.  Deterministic:
-   no gate network, no random draw.  When no layer pays yet, every layer
-   trains on (at ``cfg.step_code``) and the decision is taken again
-   ``cfg.gate_steps`` steps later, while the phase has room for it
+   and its ``dJ``.  Deterministic: no gate network, no random draw.  When no
+   layer pays yet, every layer trains on (at ``cfg.step_code``) and the
+   decision is taken again ``cfg.gate_steps`` steps later, while the phase
+   has room for it
    (``stats["gates_step"]``: the step of the decision that stood).  When the
    time budget ends the warm-up, the warm update of every layer is coded once
    instead (``dJ`` None, ``"by": "budget"``).
