@@ -91,7 +91,11 @@ def record_decisions(out: list[dict]) -> Iterator[None]:
         c = self.real(self.open)
         if c is not None:  # the checkpoint's own real J and bytes
             out[-1].setdefault("checkpoints", []).append([c.J, len(c.update)])
-        return better(self)
+        self.real = lambda layers, code=None: c  # coded once, not again
+        try:
+            return better(self)
+        finally:
+            del self.real
 
     U.ImageUpdate.choose_step, U.ImageUpdate.decide = choose_step, decide_
     U.ImageUpdate.better = better_
