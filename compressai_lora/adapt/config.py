@@ -89,6 +89,12 @@ class AdaptConfig:
             share of the refined latents' ``J`` above the lowest (among the
             steps whose update pays): the warm update favours fewer bits, a
             finer step's update gains more from training
+        early_start: when the refinement runs on past twice its annealing
+            span (``refine_steps >= 2 * refine_anneal``) and its later half
+            improves the latents, the update also warms up on the best
+            latents of the first half, and trains on from the start whose
+            decision costs less (real J): longer refinement can take the gain
+            the update would have had
         lmbda: RD trade-off; None takes CompressAI's table for quality/metric
         metric: distortion, "mse" or "ms-ssim"
         seed: seed of every random choice (same seed, same bytes)
@@ -125,6 +131,7 @@ class AdaptConfig:
     step_code: int = 24
     step_search: int = 3
     step_tie: float = 1e-3
+    early_start: bool = True
     lmbda: Optional[float] = None
     metric: str = "mse"
     seed: int = 0
@@ -176,6 +183,15 @@ class AdaptConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+    def early_at(self) -> Optional[int]:
+        """The refinement step whose best latents are the update's second
+        start (None: no second start, see ``early_start``)."""
+        half = self.refine_steps // 2
+        span = self.refine_anneal
+        if not self.early_start or span is None or half < span:
+            return None
+        return half if self.adapt_steps > self.gate_steps else None
 
     def replace(self, **changes: Any) -> "AdaptConfig":
         return dataclasses.replace(self, **changes)

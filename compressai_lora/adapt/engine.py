@@ -31,7 +31,7 @@ from .config import AdaptConfig
 from .latents import analyse
 from .objective import finite
 from .refine import refine_batch
-from .update_loop import UpdateTrainer
+from .update_loop import train_updates
 
 #: (left, right, top, bottom) pixels of an input that are the caller's padding
 Padding = tuple[int, int, int, int]
@@ -237,6 +237,7 @@ def adapt_batch(
     t0 = time.perf_counter()
     budget = cfg.time_budget
     refined = [c[0] for c in candidates]
+    early: list[Optional[Candidate]] = [None] * size  # the update's second start
     if cfg.refine_steps > 0:
         share = cfg.refine_steps / (cfg.refine_steps + cfg.adapt_steps)
         deadline = Deadline(None if budget is None else budget * share)
@@ -245,13 +246,19 @@ def adapt_batch(
             results = refine_batch(
                 model, [t.x for t in targets], [c.y for c in refined],
                 [c.z for c in refined], lmbda, cfg, gens, cb,
-                [t.offset for t in targets], deadline,
+                [t.offset for t in targets], deadline, early_at=cfg.early_at(),
             )  # fmt: skip
         for n, (y, z, s) in enumerate(results):
+            half = s.pop("early", None)
             record(n, s)
             c = latent_candidate(model, "refined", targets[n], xp[n : n + 1], y, z)
             refined[n] = c
             candidates[n].append(c)
+            if half is not None:
+                name = "refined_early"
+                e = latent_candidate(model, name, targets[n], xp[n : n + 1], *half)
+                early[n] = e
+                candidates[n].append(e)
     refine_time = time.perf_counter() - t0
     for st in stats:
         st["refine_time"] = refine_time
@@ -260,8 +267,9 @@ def adapt_batch(
     if cfg.adapt_steps > 0:
         left_s = None if budget is None else max(budget - (t1 - t0), 0.0)
         with torch.enable_grad(), frozen(model), torch_threads(cfg.threads):
-            trainer = UpdateTrainer(model, refined, targets, cfg, cb)
-            updates = trainer.run(Deadline(left_s))
+            updates = train_updates(
+                model, refined, early, targets, cfg, cb, Deadline(left_s)
+            )
         for n, (update, s) in enumerate(updates):
             record(n, s)
             candidates[n] += [] if update is None else [update]

@@ -58,6 +58,7 @@ class _Latents:
         self.z = None if z0 is None else z0.detach().clone().requires_grad_(True)
         self.best = (y0.detach(), None if z0 is None else z0.detach())
         self.best_loss = math.nan
+        self.early: Optional[tuple] = None  # the best at ``early_at`` steps
         self.context: Optional[Tensor] = None
         self.since = 0
         self.iters: Optional[int] = None  # steps done, once it has stopped
@@ -83,6 +84,7 @@ def refine_batch(
     offsets: Optional[Sequence[tuple[int, int]]] = None,
     deadline: Optional[Deadline] = None,
     anchor_context: bool = True,
+    early_at: Optional[int] = None,
 ) -> list[Refined]:
     """SGA refinement of a batch; per image, the best checkpoint's latents.
 
@@ -93,6 +95,8 @@ def refine_batch(
     checkpoint and the phase ends.  ``anchor_context=False`` takes the
     context from ``round(y)`` instead (the first release's objective, kept to
     measure the difference).  With several images ``cb`` gets ``"image"``.
+    With ``early_at``, an image whose best latents after that many steps are
+    not its final ones has them in ``stats["early"]`` (a ``(y, z)`` pair).
     """
     deadline = deadline or Deadline(None)
     offsets = offsets or [(0, 0)] * len(images)
@@ -170,6 +174,8 @@ def refine_batch(
             s.since += 1
             if ((t + 1) % EVAL_EVERY == 0 or t == steps - 1) and keep_if_better(s):
                 s.since = 0
+            if t + 1 == early_at:
+                s.early = s.best
             if cb:
                 info = progress("refine", t, steps, loss, bpp, x_hat, s.x, None)
                 cb({**info, "image": s.index} if many else info)
@@ -181,6 +187,8 @@ def refine_batch(
     for s in states:
         iters = t + 1 if s.iters is None else s.iters
         s.stats.update(refine_loss=s.best_loss, refine_iters=iters)
+        if s.early is not None and s.early is not s.best:
+            s.stats["early"] = s.early
         results.append((s.best[0], s.best[1], s.stats))
     return results
 

@@ -36,7 +36,7 @@ from .objective import (
 )
 from .update import EVAL_EVERY, ImageUpdate
 
-__all__ = ["UpdateTrainer"]
+__all__ = ["UpdateTrainer", "train_updates"]
 
 Result = tuple[Optional[Candidate], dict[str, Any]]
 
@@ -83,6 +83,7 @@ class UpdateTrainer:
             [t for s in self.images for t in s.leaves()], lr=cfg.adapt_lr
         )
         self._prefix: Optional[tuple[int, Tensor]] = None
+        self.t = 0  # steps done (by the images still training)
 
     def _features(self, active: list[ImageUpdate]) -> tuple[int, Tensor]:
         """The input of ``g_s[split:]`` for ``active``, ``split`` their first
@@ -138,12 +139,38 @@ class UpdateTrainer:
         At the ``deadline`` each image's current update gets a last real
         check and the phase ends.
         """
+        self.advance(deadline)
+        return self.results()
+
+    def result(self, n: int) -> Result:
+        """Image ``n``'s best real candidate and its stats (after the steps
+        :meth:`advance` ran)."""
+        s = self.images[n]
+        return s.result(self.t if s.iters is None else s.iters)
+
+    def results(self) -> list[Result]:
+        """:meth:`result` of every image."""
+        return [self.result(n) for n in range(len(self.images))]
+
+    def drop(self, n: int) -> None:
+        """Image ``n`` trains no further (its update is trained elsewhere)."""
+        s = self.images[n]
+        if s.iters is None:
+            s.iters = self.t
+
+    def advance(
+        self, deadline: Optional[Deadline] = None, until: Optional[int] = None
+    ) -> None:
+        """Train on up to step ``until`` (None: the end of the phase); a later
+        call goes on from there.  At the ``deadline`` each image's current
+        update gets a last real check and the phase ends."""
         cfg = self.cfg
         deadline = deadline or Deadline(None)
+        end = cfg.adapt_steps if until is None else min(until, cfg.adapt_steps)
         warmup = min(cfg.gate_steps, cfg.adapt_steps)
         many = len(self.images) > 1
-        t = -1
-        for t in range(cfg.adapt_steps):
+        while self.t < end:
+            t = self.t
             active = [s for s in self.images if s.iters is None]
             if not active:
                 break
@@ -207,4 +234,57 @@ class UpdateTrainer:
                 stall = cfg.patience and s.since >= cfg.patience
                 if s.iters is None and s.decided and stall:
                     s.iters = t + 1
-        return [s.result(t + 1 if s.iters is None else s.iters) for s in self.images]
+            self.t = t + 1
+
+
+def train_updates(
+    model,
+    refined: Sequence[Candidate],
+    early: Sequence[Optional[Candidate]],
+    targets: Sequence[Target],
+    cfg,
+    callback: Optional[Callable] = None,
+    deadline: Optional[Deadline] = None,
+) -> list[Result]:
+    """Phase 2 from each image's ``refined`` candidate and, where ``early[n]``
+    is a candidate (earlier refined latents), from it too: both warm up and
+    decide (:meth:`.ImageUpdate.decide`), and the start whose decision costs
+    less (real ``J``; a tie keeps ``refined``) trains on.  The image's stats
+    say which (``update_start``) on which figures (``start_J``); the
+    callback's dicts of the early start have ``"start": "early"``.
+    """
+    trainer = UpdateTrainer(model, refined, targets, cfg, callback)
+    both = [n for n, e in enumerate(early) if e is not None]
+    if not both:
+        return trainer.run(deadline)
+    deadline = deadline or Deadline(None)
+    starts = [r if e is None else e for r, e in zip(refined, early)]
+    early_cb = callback and (lambda info: callback({**info, "start": "early"}))
+    second = UpdateTrainer(model, starts, targets, cfg, early_cb)
+    for n in range(len(starts)):
+        if n not in both:
+            second.drop(n)
+    warm = min(cfg.gate_steps, cfg.adapt_steps) + 1  # the decision's step
+    trainer.advance(deadline, warm)
+    second.advance(deadline, warm)
+    chosen = {}
+    for n in both:
+        costs = {
+            "refined": trainer.images[n].decision_J(),
+            "early": second.images[n].decision_J(),
+        }
+        use_early = costs["early"] < costs["refined"]
+        (trainer if use_early else second).drop(n)
+        chosen[n] = (second if use_early else trainer), costs, use_early
+    trainer.advance(deadline)
+    second.advance(deadline)
+    out = []
+    for n in range(len(refined)):
+        if n not in chosen:
+            out.append(trainer.result(n))
+            continue
+        owner, costs, use_early = chosen[n]
+        update, stats = owner.result(n)
+        stats.update(update_start="early" if use_early else "refined", start_J=costs)
+        out.append((update, stats))
+    return out
