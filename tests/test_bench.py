@@ -59,6 +59,18 @@ def test_image_points_refine_is_better_of_base_and_refined():
     assert bench.image_points(st)["refine"]["candidate"] == "base"
 
 
+def test_image_points_refine_counts_earlier_refined_latents():
+    st = _stats(
+        {"base": 1.0, "refined": 0.9, "refined@500": 0.85, "update": 0.8},
+        {"base": 0.5, "refined": 0.45, "refined@500": 0.44, "update": 0.6},
+        {"base": 50.0, "refined": 45.0, "refined@500": 44.0, "update": 20.0},
+        "update",
+    )
+    assert bench.image_points(st)["refine"]["candidate"] == "refined@500"
+    st["J"]["refined@500"] = 0.95
+    assert bench.image_points(st)["refine"]["candidate"] == "refined"
+
+
 def test_aggregate_rate_point_by_hand():
     a = _stats(
         {"base": 1.0, "refined": 0.9, "update": 0.8},

@@ -90,11 +90,11 @@ class AdaptConfig:
             steps whose update pays): the warm update favours fewer bits, a
             finer step's update gains more from training
         early_start: when the refinement runs on past twice its annealing
-            span (``refine_steps >= 2 * refine_anneal``) and its later half
-            improves the latents, the update also warms up on the best
-            latents of the first half, and trains on from the start whose
-            decision costs less (real J): longer refinement can take the gain
-            the update would have had
+            span, the update also warms up on the best latents of its first
+            half (and quarter, ... while past the span; those that later
+            steps improved on) and trains on from the start whose gate
+            decision costs least (real J): a longer refinement can take the
+            gain the update would have had
         lmbda: RD trade-off; None takes CompressAI's table for quality/metric
         metric: distortion, "mse" or "ms-ssim"
         seed: seed of every random choice (same seed, same bytes)
@@ -184,14 +184,19 @@ class AdaptConfig:
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
 
-    def early_at(self) -> Optional[int]:
-        """The refinement step whose best latents are the update's second
-        start (None: no second start, see ``early_start``)."""
+    def early_steps(self) -> list[int]:
+        """The refinement steps whose best latents are the update's further
+        starts, latest first: the halvings of ``refine_steps`` not below
+        ``refine_anneal`` (see ``early_start``; none without a phase 2 past
+        its gate decision)."""
+        span, steps = self.refine_anneal, []
+        if not self.early_start or span is None or self.adapt_steps <= self.gate_steps:
+            return steps
         half = self.refine_steps // 2
-        span = self.refine_anneal
-        if not self.early_start or span is None or half < span:
-            return None
-        return half if self.adapt_steps > self.gate_steps else None
+        while half >= span:
+            steps.append(half)
+            half //= 2
+        return steps
 
     def replace(self, **changes: Any) -> "AdaptConfig":
         return dataclasses.replace(self, **changes)

@@ -4,7 +4,9 @@
    network frozen, best checkpoint kept (:mod:`.refine`).
 2. Low-rank decoder update on the ``y_hat`` the real decoder sees, layers
    opened or closed by their measured RD value, best real cost kept
-   (:mod:`.update`).
+   (:mod:`.update`); past twice the refinement's annealing span, also from
+   the best latents of its first half (quarter, ...), whichever decides
+   cheapest (:func:`.update_loop.train_updates`).
 3. Never worse: base, refined-only and refined + update are coded for real
    (bytes from the range coder, distortion from the real decoder output) and
    the cheapest RD cost ``J`` is sent (:mod:`.candidates`).
@@ -237,7 +239,7 @@ def adapt_batch(
     t0 = time.perf_counter()
     budget = cfg.time_budget
     refined = [c[0] for c in candidates]
-    early: list[Optional[Candidate]] = [None] * size  # the update's second start
+    early: list[list[Candidate]] = [[] for _ in range(size)]  # further starts
     if cfg.refine_steps > 0:
         share = cfg.refine_steps / (cfg.refine_steps + cfg.adapt_steps)
         deadline = Deadline(None if budget is None else budget * share)
@@ -246,18 +248,18 @@ def adapt_batch(
             results = refine_batch(
                 model, [t.x for t in targets], [c.y for c in refined],
                 [c.z for c in refined], lmbda, cfg, gens, cb,
-                [t.offset for t in targets], deadline, early_at=cfg.early_at(),
+                [t.offset for t in targets], deadline, early_steps=cfg.early_steps(),
             )  # fmt: skip
         for n, (y, z, s) in enumerate(results):
-            half = s.pop("early", None)
+            starts = s.pop("early", {})
             record(n, s)
             c = latent_candidate(model, "refined", targets[n], xp[n : n + 1], y, z)
             refined[n] = c
             candidates[n].append(c)
-            if half is not None:
-                name = "refined_early"
-                e = latent_candidate(model, name, targets[n], xp[n : n + 1], *half)
-                early[n] = e
+            for step, (ye, ze) in starts.items():
+                name = f"refined@{step}"
+                e = latent_candidate(model, name, targets[n], xp[n : n + 1], ye, ze)
+                early[n].append(e)
                 candidates[n].append(e)
     refine_time = time.perf_counter() - t0
     for st in stats:

@@ -58,7 +58,7 @@ class _Latents:
         self.z = None if z0 is None else z0.detach().clone().requires_grad_(True)
         self.best = (y0.detach(), None if z0 is None else z0.detach())
         self.best_loss = math.nan
-        self.early: Optional[tuple] = None  # the best at ``early_at`` steps
+        self.early: dict[int, tuple] = {}  # step: the best latents then
         self.context: Optional[Tensor] = None
         self.since = 0
         self.iters: Optional[int] = None  # steps done, once it has stopped
@@ -84,7 +84,7 @@ def refine_batch(
     offsets: Optional[Sequence[tuple[int, int]]] = None,
     deadline: Optional[Deadline] = None,
     anchor_context: bool = True,
-    early_at: Optional[int] = None,
+    early_steps: Sequence[int] = (),
 ) -> list[Refined]:
     """SGA refinement of a batch; per image, the best checkpoint's latents.
 
@@ -95,8 +95,9 @@ def refine_batch(
     checkpoint and the phase ends.  ``anchor_context=False`` takes the
     context from ``round(y)`` instead (the first release's objective, kept to
     measure the difference).  With several images ``cb`` gets ``"image"``.
-    With ``early_at``, an image whose best latents after that many steps are
-    not its final ones has them in ``stats["early"]`` (a ``(y, z)`` pair).
+    ``stats["early"]`` maps each of ``early_steps`` to the best ``(y, z)``
+    after that many steps, where they differ from the final and from a later
+    step's (latest first).
     """
     deadline = deadline or Deadline(None)
     offsets = offsets or [(0, 0)] * len(images)
@@ -174,8 +175,8 @@ def refine_batch(
             s.since += 1
             if ((t + 1) % EVAL_EVERY == 0 or t == steps - 1) and keep_if_better(s):
                 s.since = 0
-            if t + 1 == early_at:
-                s.early = s.best
+            if t + 1 in early_steps:
+                s.early[t + 1] = s.best
             if cb:
                 info = progress("refine", t, steps, loss, bpp, x_hat, s.x, None)
                 cb({**info, "image": s.index} if many else info)
@@ -187,8 +188,12 @@ def refine_batch(
     for s in states:
         iters = t + 1 if s.iters is None else s.iters
         s.stats.update(refine_loss=s.best_loss, refine_iters=iters)
-        if s.early is not None and s.early is not s.best:
-            s.stats["early"] = s.early
+        early, later = {}, s.best
+        for step in sorted(s.early, reverse=True):
+            if s.early[step] is not later:
+                early[step] = later = s.early[step]
+        if early:
+            s.stats["early"] = early
         results.append((s.best[0], s.best[1], s.stats))
     return results
 

@@ -240,51 +240,56 @@ class UpdateTrainer:
 def train_updates(
     model,
     refined: Sequence[Candidate],
-    early: Sequence[Optional[Candidate]],
+    early: Sequence[Sequence[Candidate]],
     targets: Sequence[Target],
     cfg,
     callback: Optional[Callable] = None,
     deadline: Optional[Deadline] = None,
 ) -> list[Result]:
-    """Phase 2 from each image's ``refined`` candidate and, where ``early[n]``
-    is a candidate (earlier refined latents), from it too: both warm up and
-    decide (:meth:`.ImageUpdate.decide`), and the start whose decision costs
-    less (real ``J``; a tie keeps ``refined``) trains on.  The image's stats
-    say which (``update_start``) on which figures (``start_J``); the
-    callback's dicts of the early start have ``"start": "early"``.
+    """Phase 2 from each image's ``refined`` candidate and from its ``early``
+    ones (earlier refined latents, latest first): every start warms up and
+    decides (:meth:`.ImageUpdate.decide`), and the one whose decision costs
+    least (real ``J``; a tie goes to the later latents) trains on.  With
+    several starts, the image's stats say which (``update_start``, the
+    candidate's name) on which figures (``start_J``); the callback's dicts of
+    an earlier start have ``"start"``, its name.
     """
-    trainer = UpdateTrainer(model, refined, targets, cfg, callback)
-    both = [n for n, e in enumerate(early) if e is not None]
-    if not both:
-        return trainer.run(deadline)
+    trainers = [UpdateTrainer(model, refined, targets, cfg, callback)]
+    if not any(early):
+        return trainers[0].run(deadline)
     deadline = deadline or Deadline(None)
-    starts = [r if e is None else e for r, e in zip(refined, early)]
-    early_cb = callback and (lambda info: callback({**info, "start": "early"}))
-    second = UpdateTrainer(model, starts, targets, cfg, early_cb)
-    for n in range(len(starts)):
-        if n not in both:
-            second.drop(n)
+    for k in range(max(len(e) for e in early)):
+        starts = [e[k] if k < len(e) else r for r, e in zip(refined, early)]
+        names = [c.name for c in starts]
+        cb = callback and (
+            lambda info, names=names: callback(
+                {**info, "start": names[info.get("image", 0)]}
+            )
+        )
+        trainer = UpdateTrainer(model, starts, targets, cfg, cb)
+        for n, e in enumerate(early):
+            if k >= len(e):
+                trainer.drop(n)
+        trainers.append(trainer)
     warm = min(cfg.gate_steps, cfg.adapt_steps) + 1  # the decision's step
-    trainer.advance(deadline, warm)
-    second.advance(deadline, warm)
-    chosen = {}
-    for n in both:
-        costs = {
-            "refined": trainer.images[n].decision_J(),
-            "early": second.images[n].decision_J(),
-        }
-        use_early = costs["early"] < costs["refined"]
-        (trainer if use_early else second).drop(n)
-        chosen[n] = (second if use_early else trainer), costs, use_early
-    trainer.advance(deadline)
-    second.advance(deadline)
-    out = []
+    for trainer in trainers:
+        trainer.advance(deadline, warm)
+    owners, costs = [], []
     for n in range(len(refined)):
-        if n not in chosen:
-            out.append(trainer.result(n))
-            continue
-        owner, costs, use_early = chosen[n]
+        mine = trainers[: 1 + len(early[n])]
+        cost = {t.images[n].refined.name: t.images[n].decision_J() for t in mine}
+        owner = min(mine, key=lambda t: t.images[n].decision_J())  # first of ties
+        for trainer in mine:
+            if trainer is not owner:
+                trainer.drop(n)
+        owners.append(owner)
+        costs.append(cost)
+    for trainer in trainers:
+        trainer.advance(deadline)
+    out = []
+    for n, owner in enumerate(owners):
         update, stats = owner.result(n)
-        stats.update(update_start="early" if use_early else "refined", start_J=costs)
+        if early[n]:
+            stats.update(update_start=owner.images[n].refined.name, start_J=costs[n])
         out.append((update, stats))
     return out

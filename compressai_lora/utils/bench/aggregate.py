@@ -41,12 +41,13 @@ def image_points(stats: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The three RD points of one image at one rate point.
 
     ``stats`` is the model's ``last_adaptation``: ``J``, ``bpp`` and ``dist``
-    per candidate (``"base"``, ``"refined"``, ``"update"``) and ``choice``.
-    Refinement only = the better of ``"base"`` and ``"refined"`` by J (ties:
-    base), as a refinement-only encoder with the never-worse check would send.
+    per candidate (``"base"``, ``"refined"``, ``"refined@STEP"`` for earlier
+    refined latents, ``"update"``) and ``choice``.  Refinement only = the best
+    latent candidate by J (ties: base, then the later latents), as a
+    refinement-only encoder with the never-worse check would send.
     """
     J = stats["J"]
-    latent = [k for k in ("base", "refined") if k in J]
+    latent = [k for k in J if k == "base" or k.startswith("refined")]
     picks = {
         "base": "base",
         "refine": min(latent, key=lambda k: J[k]),

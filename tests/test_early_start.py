@@ -1,0 +1,145 @@
+"""Phase 2's further starts (issue 10): past twice its annealing span, the
+refinement's best latents of its first half (quarter, ...) warm up an update
+too, and the start whose decision costs least (real J) trains on.
+
+A longer refinement can take the gain the update would have had (dodge at
+``paper``: latents 1.05% cheaper than at 1000 steps, the update's gain 0.0045
+instead of 0.0075): with the second start, ``paper``'s phase 2 can start from
+exactly the latents that 1000 + 1000 trains on.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import build_host, build_lora
+from test_adapt import FAST, check_sent_cost, pixel_art, real_J, roundtrip
+from test_batched import _alone, _assert_same_result, _compress
+
+from compressai_lora.adapt import AdaptConfig
+from compressai_lora.adapt.update import ImageUpdate
+from compressai_lora.zoo import model_architectures
+
+NAMES = sorted(model_architectures)
+#: 40 refinement steps annealed over 10: further starts at steps 20 and 10
+LONG = {
+    **FAST,
+    "lmbda": 0.05,
+    "refine_steps": 40,
+    "refine_anneal": 10,
+    "adapt_steps": 14,
+    "gate_steps": 4,
+}
+
+
+def _prefer(monkeypatch, start: str) -> None:
+    """Make the decision of the start named ``start`` look cheapest."""
+    real = ImageUpdate.decision_J
+
+    def decision_J(self):
+        return real(self) - (1e6 if self.refined.name == start else 0.0)
+
+    monkeypatch.setattr(ImageUpdate, "decision_J", decision_J)
+
+
+def _pair(name: str):
+    """A small random host (latents not all zero) and its ``-lora`` model."""
+    base = build_host(model_architectures[name].host_arch)
+    lora = build_lora(name, base.state_dict())
+    lora.update(force=True)
+    return base, lora
+
+
+def _fresh_decode(name: str, base, out):
+    fresh = build_lora(name, base.state_dict())
+    fresh.update(force=True)
+    with torch.no_grad():
+        return fresh.decompress(out["strings"], out["shape"])["x_hat"]
+
+
+def _run(name: str, **changes):
+    base, lora = _pair(name)
+    lora.adapt_config = AdaptConfig(**{**LONG, **changes})
+    x = pixel_art()
+    out, x_hat = roundtrip(lora, x)
+    return base, lora, x, out, x_hat, lora.last_adaptation
+
+
+def test_early_steps_are_the_halvings_past_the_annealing_span():
+    assert AdaptConfig().early_steps() == []  # default: 400 steps, annealed over 400
+    assert AdaptConfig.preset("fast").early_steps() == []  # anneals over its phase
+    assert AdaptConfig.preset("paper").early_steps() == [1000, 500]
+    assert AdaptConfig(refine_steps=1000).early_steps() == [500]
+    assert AdaptConfig(refine_steps=799).early_steps() == []
+    assert AdaptConfig.preset("paper", early_start=False).early_steps() == []
+    assert AdaptConfig(refine_steps=1000, refine_anneal=None).early_steps() == []
+    no_room = AdaptConfig(refine_steps=1000, adapt_steps=100, gate_steps=100)
+    assert no_room.early_steps() == []  # phase 2 ends at its decision
+
+
+def test_the_early_latents_are_the_shorter_refinements():
+    *_, long = _run("cheng2020-attn-lora")
+    for steps in (20, 10):
+        *_, short = _run("cheng2020-attn-lora", refine_steps=steps, early_start=False)
+        assert long["J"][f"refined@{steps}"] == short["J"]["refined"]
+    assert long["J"]["refined"] < long["J"]["refined@20"]  # it went on improving
+    costs = long["start_J"]  # the decisions' real J on each start
+    assert list(costs) == ["refined", "refined@20", "refined@10"]
+    assert long["update_start"] == min(costs, key=costs.get)
+
+
+def test_no_second_start_when_the_later_half_finds_nothing():
+    # the best latents are the first half's: one start, no second candidate
+    *_, stats = _run("bmshj2018-factorized-lora", refine_lr=1e-9)
+    assert [k for k in stats["J"] if k.startswith("refined@")] == []
+    assert "update_start" not in stats
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_an_update_from_the_early_start_round_trips(name, monkeypatch):
+    _prefer(monkeypatch, "refined@20")
+    base, lora, x, out, x_hat, stats = _run(name)
+    assert stats["update_start"] == "refined@20"
+    assert stats["choice"] == "update"
+    check_sent_cost(out, x_hat, x, LONG["lmbda"], stats, base)
+    assert torch.equal(_fresh_decode(name, base, out), x_hat)
+    bare = out["strings"][:-1] + [[b""]]  # the sent latents without the update
+    with torch.no_grad():
+        latents_only = lora.decompress(bare, out["shape"])["x_hat"]
+    sent_latents = real_J(bare, latents_only, x, LONG["lmbda"])
+    assert sent_latents == pytest.approx(stats["J"]["refined@20"], rel=1e-5)
+    assert sent_latents != pytest.approx(stats["J"]["refined"], rel=1e-6)
+
+
+def test_the_early_start_trains_as_the_shorter_schedule(monkeypatch):
+    """Chosen, the early start's update is the shorter refinement's, step for
+    step: more refinement steps cannot lose the update it found."""
+    _prefer(monkeypatch, "refined@20")
+    name = "cheng2020-attn-lora"
+    *_, long = _run(name)
+    *_, short = _run(name, refine_steps=20, early_start=False)
+    assert long["update_start"] == "refined@20"
+    assert long["J"]["update"] == short["J"]["update"]
+    assert long["open_gates"] == short["open_gates"]
+
+
+def test_the_refined_start_gives_the_single_start_bytes(monkeypatch):
+    _prefer(monkeypatch, "refined")
+    name = "cheng2020-attn-lora"
+    *_, out, _, stats = _run(name)
+    *_, single_out, _, single = _run(name, early_start=False)
+    assert stats["update_start"] == "refined"
+    assert out["strings"] == single_out["strings"]
+    assert stats["J"]["update"] == single["J"]["update"]
+
+
+def test_a_batch_keeps_each_images_start():
+    _, model = _pair("bmshj2018-factorized-lora")
+    model.adapt_config = AdaptConfig(**LONG)
+    x = torch.cat([pixel_art(seed=0), pixel_art(seed=1)])
+    alone = _alone(model, x)
+    assert all("update_start" in st for _, st, _ in alone)
+    _, stats, _ = _compress(model, x, batch_size=2)
+    for n, (_, st, _) in enumerate(alone):
+        _assert_same_result(stats[n], st)
+        assert stats[n].get("update_start") == st.get("update_start")
