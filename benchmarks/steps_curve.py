@@ -23,6 +23,10 @@ bytes); a cached job whose key differs runs again, so a cache can be kept
     python benchmarks/steps_curve.py --dev-set --out docs/results/steps-curve \\
         --cached-only    # the table of what is cached, nothing run
 
+``--reuse new=main:fast,default`` fills ``new``'s cells at those schedules
+with ``main``'s jobs (marked ``+``), for a change that runs the same steps
+there; check that claim on a few images before you lean on it.
+
 The table flags, per image, where J rose along the schedules by more than 0.5%
 against the best shorter schedule, and the schedules that sent no update where
 a shorter one sent one.  With ``default`` and ``paper`` both measured, a line
@@ -307,7 +311,9 @@ def table(results: dict, images: list[Path], schedules: list[str], codes) -> str
                 if c is None:
                     row.append("-")
                     continue
-                mark = "" if c["choice"] == "update" else "*"
+                mark = ("" if c["choice"] == "update" else "*") + (
+                    "+" if "from" in c else ""
+                )
                 rel = 100 * (c["J"] / c["base"]["J"] - 1)
                 sums[s].append((rel, c["seconds"]))
                 row.append(f"{rel:+.1f}%{mark} {c['seconds']:.0f}s")
@@ -333,7 +339,27 @@ def table(results: dict, images: list[Path], schedules: list[str], codes) -> str
             ratio = gain_ratio(pairs)
             if ratio:
                 lines.append(f"\n{ratio}")
+        lent = sorted(
+            {c["from"] for k, c in results.items() if k[0] == label and "from" in c}
+        )
+        for other in lent:
+            lines.append(f"\n+ = {other}'s job (`--reuse`: the same steps there)")
     return "\n".join(lines) + "\n"
+
+
+def parse_reuse(items: list[str], codes: dict, schedules: list[str], p) -> dict:
+    """``--reuse`` as {(label, schedule): other}."""
+    out = {}
+    for item in items:
+        label, _, rest = item.partition("=")
+        other, _, names = rest.partition(":")
+        if label not in codes or other not in codes or label == other:
+            p.error(f"--reuse {item}: give two different measured labels")
+        for s in filter(None, names.split(",")):
+            if s not in schedules:
+                p.error(f"--reuse {item}: schedule {s} is not measured")
+            out[label, s] = other
+    return out
 
 
 def main(argv: list[str]) -> None:
@@ -365,6 +391,14 @@ def main(argv: list[str]) -> None:
         help="this checkout with AdaptConfig overrides (JSON values), e.g. "
         'const=lr_schedule="constant"',
     )
+    p.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        metavar="LABEL=OTHER:SCHEDULE[,SCHEDULE]",
+        help="LABEL's cells at these schedules are OTHER's jobs, marked + in the "
+        "table (for a code that runs the same steps there: check it on a few)",
+    )
     p.add_argument("--skip-this", action="store_true", help="only the --code ones")
     p.add_argument(
         "--cached-only",
@@ -392,10 +426,13 @@ def main(argv: list[str]) -> None:
         for pair in filter(None, settings.split(",")):
             key, _, value = pair.partition("=")
             extra[label][key] = json.loads(value)
+    reuse = parse_reuse(args.reuse, codes, args.schedules, p)
     jobs = []
     for label, code in codes.items():
         for img in images:
             for s in args.schedules:
+                if (label, s) in reuse:
+                    continue
                 preset, overrides = SCHEDULES[s]
                 job = {
                     "image": str(img.resolve()),
@@ -416,6 +453,10 @@ def main(argv: list[str]) -> None:
     with ThreadPoolExecutor(args.jobs) as pool:
         done = list(pool.map(lambda j: run_job(*j[1:], args.cached_only), jobs))
     results = {j[0]: r for j, r in zip(jobs, done) if r is not None}
+    for (label, s), other in reuse.items():
+        for img in images:
+            if (other, img, s) in results:
+                results[label, img, s] = {**results[other, img, s], "from": other}
     text = table(results, images, args.schedules, codes)
     (args.out / "steps_curve.md").write_text(text)
     (args.out / "steps_curve.json").write_text(

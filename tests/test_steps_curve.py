@@ -54,3 +54,30 @@ def test_gain_ratio_compares_mean_gain_and_mean_time():
     assert steps_curve.gain_ratio([]) is None
     # no gain at the long schedule: no ratio to give
     assert steps_curve.gain_ratio([(_timed(0.9, 1.0), _timed(1.0, 2.0))]) is None
+
+
+def test_reuse_marks_the_cells_taken_from_another_label():
+    import argparse
+
+    p = argparse.ArgumentParser()
+    codes = {"new": Path("."), "main": Path(".")}
+    reuse = steps_curve.parse_reuse(["new=main:fast,300+300"], codes, SCHEDULES, p)
+    assert reuse == {("new", "fast"): "main", ("new", "300+300"): "main"}
+    for bad in ("new=new:fast", "new=gone:fast", "new=main:paper"):
+        try:
+            steps_curve.parse_reuse([bad], codes, SCHEDULES, p)
+        except SystemExit:
+            continue
+        raise AssertionError(f"{bad} was accepted")
+    img = Path("set/pixel/a.png")
+    cell = {**_timed(0.8, 5.0), "choice": "update", "candidates": {}}
+    results = {
+        ("main", img, "fast"): cell,
+        ("new", img, "fast"): {**cell, "from": "main"},
+        ("new", img, "300+300"): {**_timed(0.7, 9.0), "choice": "update"},
+    }
+    text = steps_curve.table(results, [img], SCHEDULES[:2], codes)
+    new = text.split("### new")[1].split("### main")[0]
+    assert "| -20.0%+ 5s | -30.0% 9s |" in new
+    assert "+ = main's job (`--reuse`" in new
+    assert "+ =" not in text.split("### main")[1]
