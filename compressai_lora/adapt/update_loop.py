@@ -12,6 +12,10 @@ no per-image kernel inside the loop, and no gradient of a full kernel (on the
 CPU a 64-channel 3x3 adapted convolution steps about 1.8x faster so).  An
 image that has stopped leaves the batch: its factors get no gradient and no
 Adam step.
+
+:func:`train_updates` runs one trainer per start (the refined latents, and
+earlier refined latents past the refinement's annealing span) through the
+warm-up and its decision; each image then trains on from its cheapest start.
 """
 
 from __future__ import annotations
