@@ -90,11 +90,11 @@ class AdaptConfig:
             steps whose update pays): the warm update favours fewer bits, a
             finer step's update gains more from training
         early_start: when the refinement runs on past twice its annealing
-            span, the update also warms up on the best latents of its first
-            half (and quarter, ... while past the span; those that later
-            steps improved on) and trains on from the start whose gate
-            decision costs least (real J): a longer refinement can take the
-            gain the update would have had
+            span, an update also warms up and decides on the best latents of
+            its first half (and quarter, ... while past the span; those that
+            later steps improved on), and the update of the lowest real J is
+            the candidate: a longer refinement can take the gain the update
+            would have had on the shorter one's latents
         lmbda: RD trade-off; None takes CompressAI's table for quality/metric
         metric: distortion, "mse" or "ms-ssim"
         seed: seed of every random choice (same seed, same bytes)

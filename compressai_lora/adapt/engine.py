@@ -4,9 +4,9 @@
    network frozen, best checkpoint kept (:mod:`.refine`).
 2. Low-rank decoder update on the ``y_hat`` the real decoder sees, layers
    opened or closed by their measured RD value, best real cost kept
-   (:mod:`.update`); past twice the refinement's annealing span, also from
-   the best latents of its first half (quarter, ...), whichever decides
-   cheapest (:func:`.update_loop.train_updates`).
+   (:mod:`.update`); past twice the refinement's annealing span, updates
+   warmed up on the best latents of its first half (quarter, ...) compete
+   (:func:`.update_loop.train_updates`).
 3. Never worse: base, refined-only and refined + update are coded for real
    (bytes from the range coder, distortion from the real decoder output) and
    the cheapest RD cost ``J`` is sent (:mod:`.candidates`).

@@ -216,11 +216,6 @@ class ImageUpdate:
             self.stats["gates_retries"] = self.stats.get("gates_retries", 0) + 1
         self.split = self.first_block()
 
-    def decision_J(self) -> float:
-        """The real ``J`` its latest decision stands at (the refined latents'
-        when no update pays)."""
-        return self.refined.J if self.best is None else self.best.J
-
     def undecided(self) -> Optional[Candidate]:
         """The warm update of every layer, coded once: the budget ended the
         warm-up, and the per-layer checks would code it once per layer more."""

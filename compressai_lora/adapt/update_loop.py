@@ -13,9 +13,8 @@ CPU a 64-channel 3x3 adapted convolution steps about 1.8x faster so).  An
 image that has stopped leaves the batch: its factors get no gradient and no
 Adam step.
 
-:func:`train_updates` runs one trainer per start (the refined latents, and
-earlier refined latents past the refinement's annealing span) through the
-warm-up and its decision; each image then trains on from its cheapest start.
+:func:`train_updates` also warms up an update on earlier refined latents
+(past the refinement's annealing span) and keeps the cheapest update.
 """
 
 from __future__ import annotations
@@ -250,19 +249,21 @@ def train_updates(
     callback: Optional[Callable] = None,
     deadline: Optional[Deadline] = None,
 ) -> list[Result]:
-    """Phase 2 from each image's ``refined`` candidate and from its ``early``
-    ones (earlier refined latents, latest first): every start warms up and
-    decides (:meth:`.ImageUpdate.decide`), and the one whose decision costs
-    least (real ``J``; a tie goes to the later latents) trains on.  With
-    several starts, the image's stats say which (``update_start``, the
-    candidate's name) on which figures (``start_J``); the callback's dicts of
-    an earlier start have ``"start"``, its name.
+    """Phase 2 from each image's ``refined`` candidate, and the warm-up alone
+    from each of its ``early`` ones (earlier refined latents, latest first).
+
+    Each earlier start warms up for ``cfg.gate_steps`` steps and decides
+    (:meth:`.ImageUpdate.decide`, then the pruning pass): its update is what
+    a run from those latents would send after its warm-up.  The update from
+    ``refined`` trains as it would alone.  Per image the update of the lowest
+    real ``J`` is the candidate; with earlier starts its stats name its
+    latents (``update_start``) and give each start's update ``J``
+    (``start_J``; None: no update paid).  The callback's dicts of an earlier
+    start have ``"start"``, its name.
     """
-    trainers = [UpdateTrainer(model, refined, targets, cfg, callback)]
-    if not any(early):
-        return trainers[0].run(deadline)
     deadline = deadline or Deadline(None)
-    for k in range(max(len(e) for e in early)):
+    found: list[dict[str, Optional[Candidate]]] = [{} for _ in refined]
+    for k in range(max((len(e) for e in early), default=0)):
         starts = [e[k] if k < len(e) else r for r, e in zip(refined, early)]
         names = [c.name for c in starts]
         cb = callback and (
@@ -271,29 +272,22 @@ def train_updates(
             )
         )
         trainer = UpdateTrainer(model, starts, targets, cfg, cb)
-        for n, e in enumerate(early):
-            if k >= len(e):
-                trainer.drop(n)
-        trainers.append(trainer)
-    warm = min(cfg.gate_steps, cfg.adapt_steps) + 1  # the decision's step
-    for trainer in trainers:
-        trainer.advance(deadline, warm)
-    owners, costs = [], []
-    for n in range(len(refined)):
-        mine = trainers[: 1 + len(early[n])]
-        cost = {t.images[n].refined.name: t.images[n].decision_J() for t in mine}
-        owner = min(mine, key=lambda t: t.images[n].decision_J())  # first of ties
-        for trainer in mine:
-            if trainer is not owner:
-                trainer.drop(n)
-        owners.append(owner)
-        costs.append(cost)
-    for trainer in trainers:
-        trainer.advance(deadline)
-    out = []
-    for n, owner in enumerate(owners):
-        update, stats = owner.result(n)
-        if early[n]:
-            stats.update(update_start=owner.images[n].refined.name, start_J=costs[n])
-        out.append((update, stats))
+        mine = [n for n, e in enumerate(early) if k < len(e)]
+        for n in set(range(len(starts))) - set(mine):
+            trainer.drop(n)
+        trainer.advance(deadline, min(cfg.gate_steps, cfg.adapt_steps))
+        for n in mine:
+            trainer.drop(n)
+            found[n][names[n]] = trainer.result(n)[0]  # decided, pruned
+    out = UpdateTrainer(model, refined, targets, cfg, callback).run(deadline)
+    for n, (update, stats) in enumerate(out):
+        if not found[n]:
+            continue
+        updates = {"refined": update, **found[n]}
+        stats["start_J"] = {k: None if u is None else u.J for k, u in updates.items()}
+        paid = {k: u for k, u in updates.items() if u is not None}
+        if paid:
+            start = min(paid, key=lambda k: paid[k].J)  # ties: the later latents
+            stats["update_start"] = start
+            out[n] = (paid[start], stats)
     return out
