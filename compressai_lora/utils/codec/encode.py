@@ -52,7 +52,9 @@ def _progress(cfg: AdaptConfig, verbose: bool) -> tuple[Optional[Callable], Any]
         return None, None
     from tqdm import tqdm
 
-    bar = tqdm(total=cfg.refine_steps + cfg.adapt_steps, file=sys.stderr, unit="step")
+    warm_ups = len(cfg.early_steps()) * min(cfg.gate_steps, cfg.adapt_steps)
+    total = cfg.refine_steps + cfg.adapt_steps + warm_ups
+    bar = tqdm(total=total, file=sys.stderr, unit="step")
 
     def callback(info: dict[str, Any]) -> None:
         bar.update(1)
