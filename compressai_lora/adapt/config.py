@@ -92,9 +92,9 @@ class AdaptConfig:
         early_start: when the refinement runs on past twice its annealing
             span, an update also warms up and decides on the best latents of
             its first half (and quarter, ... while past the span; those that
-            later steps improved on), and the update of the lowest real J is
-            the candidate: a longer refinement can take the gain the update
-            would have had on the shorter one's latents
+            later steps improved on); the cheapest of these updates and the
+            final latents' (trained as alone) is the candidate: a longer
+            refinement can take the gain the update had on shorter latents
         lmbda: RD trade-off; None takes CompressAI's table for quality/metric
         metric: distortion, "mse" or "ms-ssim"
         seed: seed of every random choice (same seed, same bytes)
