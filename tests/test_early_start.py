@@ -1,11 +1,14 @@
 """Phase 2's further starts (issue 10): past twice its annealing span, the
-refinement's best latents of its first half (quarter, ...) get an update of
-their own after the warm-up and its decision; the update of the lowest real
-J competes with the one trained on the final latents.
+refinement's best latents of its first half (quarter, ...) get the update the
+schedule of half (a quarter, ...) the steps trains on them; the update of the
+lowest real J competes with the one trained on the final latents, so a
+schedule has every candidate of its half.
 
 A longer refinement can take the gain the update would have had (dodge at
 ``paper``: latents 1.05% cheaper than at 1000 steps, the update's gain 0.0045
-instead of 0.0075, where 1000 + 1000's update was its warm-up decision).
+instead of 0.0075), and a longer update training can end costlier than a
+shorter one (1536016414 at ``paper``: +0.84% over 1000 + 1000 when the 1000
+steps' latents only got a warm-up).
 """
 
 from __future__ import annotations
@@ -21,15 +24,17 @@ from compressai_lora.adapt.update import ImageUpdate
 from compressai_lora.zoo import model_architectures
 
 NAMES = sorted(model_architectures)
-#: 40 refinement steps annealed over 10: further starts at steps 20 and 10
+#: 40 refinement steps annealed over 10: further starts at steps 20 and 10,
+#: their updates trained 8 and 4 steps (the schedules 20 + 8 and 10 + 4)
 LONG = {
     **FAST,
     "lmbda": 0.05,
     "refine_steps": 40,
     "refine_anneal": 10,
-    "adapt_steps": 14,
+    "adapt_steps": 16,
     "gate_steps": 4,
 }
+HALF = {"refine_steps": 20, "adapt_steps": 8}
 
 
 def _only(monkeypatch, start: str) -> None:
@@ -78,6 +83,16 @@ def test_early_steps_are_the_halvings_past_the_annealing_span():
     assert no_room.early_steps() == []  # phase 2 ends at its decision
 
 
+def test_each_start_trains_the_shorter_schedules_update_steps():
+    paper = AdaptConfig.preset("paper")  # 2000 + 2000
+    assert [paper.early_adapt_steps(s) for s in paper.early_steps()] == [1000, 500]
+    odd = AdaptConfig(refine_steps=1000, adapt_steps=351)
+    assert [odd.early_adapt_steps(s) for s in odd.early_steps()] == [175]
+    assert AdaptConfig(**LONG).early_adapt_steps(10) == 4
+    with pytest.raises(ValueError, match="not a halving"):
+        paper.early_adapt_steps(700)
+
+
 def test_the_early_latents_are_the_shorter_refinements():
     *_, long = _run("cheng2020-attn-lora")
     for steps in (20, 10):
@@ -91,22 +106,27 @@ def test_the_early_latents_are_the_shorter_refinements():
     assert long["J"]["update"] == min(paid.values())
 
 
-def test_an_early_update_is_the_shorter_refinements_warm_up_decision():
-    """What a run from the shorter refinement would send after its warm-up:
-    more refinement steps keep the update that paid there."""
+def test_a_schedule_has_every_candidate_of_its_half():
+    """Each start's update is the one the shorter schedule trains (to the
+    last digit), so doubling both step counts never sends a costlier file."""
     name = "cheng2020-attn-lora"
     *_, long = _run(name)
-    warm = {"adapt_steps": LONG["gate_steps"], "early_start": False}
-    for steps in (20, 10):
-        *_, short = _run(name, refine_steps=steps, **warm)
-        assert long["start_J"][f"refined@{steps}"] == short["J"]["update"]
+    *_, half = _run(name, **HALF)  # 20 + 8: its own start at step 10 (4 steps)
+    assert half["start_J"]["refined"] == long["start_J"]["refined@20"]
+    assert half["start_J"]["refined@10"] == long["start_J"]["refined@10"]
+    assert half["J"]["refined"] == long["J"]["refined@20"]
+    assert long["start_J"]["refined@20"] is not None  # an update paid there
+    assert min(long["J"].values()) <= min(half["J"].values())
+    assert long["start_J"]["refined"] != long["start_J"]["refined@20"]
 
 
-def test_no_second_start_when_the_later_half_finds_nothing():
-    # the best latents are the first half's: one start, no second candidate
+def test_a_start_with_the_final_latents_still_trains_its_half():
+    # the refinement finds nothing after its first steps: the earlier latents
+    # are the final ones, and each still gets its shorter schedule's update
     *_, stats = _run("bmshj2018-factorized-lora", refine_lr=1e-9)
-    assert [k for k in stats["J"] if k.startswith("refined@")] == []
-    assert "update_start" not in stats
+    assert stats["J"]["refined@20"] == stats["J"]["refined"]
+    assert stats["J"]["refined@10"] == stats["J"]["refined"]
+    assert list(stats["start_J"]) == ["refined", "refined@20", "refined@10"]
 
 
 @pytest.mark.parametrize("name", NAMES)

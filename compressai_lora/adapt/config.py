@@ -90,11 +90,14 @@ class AdaptConfig:
             steps whose update pays): the warm update favours fewer bits, a
             finer step's update gains more from training
         early_start: when the refinement runs on past twice its annealing
-            span, an update also warms up and decides on the best latents of
-            its first half (and quarter, ... while past the span; those that
-            later steps improved on); the cheapest of these updates and the
-            final latents' (trained as alone) is the candidate: a longer
-            refinement can take the gain the update had on shorter latents
+            span, the best latents after half its steps (a quarter, ...
+            while past the span) get the update the schedule of half the
+            steps (a quarter, ...) would train on them (refinement and update
+            steps halved together); the cheapest of these and the final
+            latents' update is the candidate: a schedule has every candidate
+            of its half, so doubling both step counts never gives a higher
+            real ``J`` (a longer refinement can take the gain the update had
+            on shorter latents)
         lmbda: RD trade-off; None takes CompressAI's table for quality/metric
         metric: distortion, "mse" or "ms-ssim"
         seed: seed of every random choice (same seed, same bytes)
@@ -197,6 +200,19 @@ class AdaptConfig:
             steps.append(half)
             half //= 2
         return steps
+
+    def early_adapt_steps(self, step: int) -> int:
+        """The update steps of the further start at refinement step ``step``
+        (one of :meth:`early_steps`): what the schedule of ``step`` refinement
+        steps trains, halving ``adapt_steps`` with ``refine_steps``.  So each
+        start's update is the one a shorter schedule computes, and a schedule
+        has every candidate of its half: it never sends a costlier file."""
+        refine, adapt = self.refine_steps, self.adapt_steps
+        while refine > step:
+            refine, adapt = refine // 2, adapt // 2
+        if refine != step:
+            raise ValueError(f"{step} is not a halving of {self.refine_steps}")
+        return adapt
 
     def replace(self, **changes: Any) -> "AdaptConfig":
         return dataclasses.replace(self, **changes)

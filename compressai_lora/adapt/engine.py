@@ -239,7 +239,7 @@ def adapt_batch(
     t0 = time.perf_counter()
     budget = cfg.time_budget
     refined = [c[0] for c in candidates]
-    early: list[list[Candidate]] = [[] for _ in range(size)]  # further starts
+    early: list[dict[int, Candidate]] = [{} for _ in range(size)]  # further starts
     if cfg.refine_steps > 0:
         share = cfg.refine_steps / (cfg.refine_steps + cfg.adapt_steps)
         deadline = Deadline(None if budget is None else budget * share)
@@ -259,7 +259,7 @@ def adapt_batch(
             for step, (ye, ze) in starts.items():
                 name = f"refined@{step}"
                 e = latent_candidate(model, name, targets[n], xp[n : n + 1], ye, ze)
-                early[n].append(e)
+                early[n][step] = e
                 candidates[n].append(e)
     refine_time = time.perf_counter() - t0
     for st in stats:

@@ -95,9 +95,9 @@ def refine_batch(
     checkpoint and the phase ends.  ``anchor_context=False`` takes the
     context from ``round(y)`` instead (the first release's objective, kept to
     measure the difference).  With several images ``cb`` gets ``"image"``.
-    ``stats["early"]`` maps each of ``early_steps`` to the best ``(y, z)``
-    after that many steps, where they differ from the final and from a later
-    step's (latest first).
+    ``stats["early"]`` maps each of ``early_steps`` the phase reached to the
+    best ``(y, z)`` after that many steps (latest first; the same as the
+    final ones where later steps found nothing better).
     """
     deadline = deadline or Deadline(None)
     offsets = offsets or [(0, 0)] * len(images)
@@ -188,12 +188,8 @@ def refine_batch(
     for s in states:
         iters = t + 1 if s.iters is None else s.iters
         s.stats.update(refine_loss=s.best_loss, refine_iters=iters)
-        early, later = {}, s.best
-        for step in sorted(s.early, reverse=True):
-            if s.early[step] is not later:
-                early[step] = later = s.early[step]
-        if early:
-            s.stats["early"] = early
+        if s.early:
+            s.stats["early"] = dict(sorted(s.early.items(), reverse=True))
         results.append((s.best[0], s.best[1], s.stats))
     return results
 

@@ -13,8 +13,9 @@ CPU a 64-channel 3x3 adapted convolution steps about 1.8x faster so).  An
 image that has stopped leaves the batch: its factors get no gradient and no
 Adam step.
 
-:func:`train_updates` also warms up an update on earlier refined latents
-(past the refinement's annealing span) and keeps the cheapest update.
+:func:`train_updates` also trains an update on earlier refined latents
+(past the refinement's annealing span), each as the shorter schedule ending
+there would, and keeps the cheapest update.
 """
 
 from __future__ import annotations
@@ -243,47 +244,49 @@ class UpdateTrainer:
 def train_updates(
     model,
     refined: Sequence[Candidate],
-    early: Sequence[Sequence[Candidate]],
+    early: Sequence[dict[int, Candidate]],
     targets: Sequence[Target],
     cfg,
     callback: Optional[Callable] = None,
     deadline: Optional[Deadline] = None,
 ) -> list[Result]:
-    """Phase 2 from each image's ``refined`` candidate, and the warm-up alone
-    from each of its ``early`` ones (earlier refined latents, latest first).
+    """Phase 2 from each image's ``refined`` candidate and from each of its
+    ``early`` ones (the best latents after that many refinement steps).
 
-    Each earlier start warms up for ``cfg.gate_steps`` steps and decides
-    (:meth:`.ImageUpdate.decide`, then the pruning pass): its update is what
-    a run from those latents would send after its warm-up.  The update from
-    ``refined`` trains as it would alone.  Per image the update of the lowest
-    real ``J`` is the candidate; with earlier starts its stats name its
-    latents (``update_start``) and give each start's update ``J``
-    (``start_J``; None: no update paid).  The callback's dicts of an earlier
-    start have ``"start"``, its name.
+    Each earlier start trains the update its shorter schedule would
+    (``cfg.early_adapt_steps(step)`` steps: refinement and update steps
+    halved together), the shortest first; the update from ``refined`` trains
+    as it would alone.  So a schedule has every candidate of its half.  Per
+    image the update of the lowest real ``J`` is the candidate; with earlier
+    starts its stats name its latents (``update_start``) and give each
+    start's update ``J`` (``start_J``; None: no update paid).  The callback's
+    dicts of an earlier start have ``"start"``, its name.
     """
     deadline = deadline or Deadline(None)
-    found: list[dict[str, Optional[Candidate]]] = [{} for _ in refined]
-    for k in range(max((len(e) for e in early), default=0)):
-        starts = [e[k] if k < len(e) else r for r, e in zip(refined, early)]
+    found: list[dict[int, Optional[Candidate]]] = [{} for _ in refined]
+    for step in sorted({k for e in early for k in e}):
+        mine = [n for n, e in enumerate(early) if step in e]
+        starts = [e.get(step, r) for r, e in zip(refined, early)]
         names = [c.name for c in starts]
         cb = callback and (
             lambda info, names=names: callback(
                 {**info, "start": names[info.get("image", 0)]}
             )
         )
-        trainer = UpdateTrainer(model, starts, targets, cfg, cb)
-        mine = [n for n, e in enumerate(early) if k < len(e)]
+        sub = cfg.replace(adapt_steps=cfg.early_adapt_steps(step))
+        trainer = UpdateTrainer(model, starts, targets, sub, cb)
         for n in set(range(len(starts))) - set(mine):
             trainer.drop(n)
-        trainer.advance(deadline, min(cfg.gate_steps, cfg.adapt_steps))
+        trainer.advance(deadline)
         for n in mine:
-            trainer.drop(n)
-            found[n][names[n]] = trainer.result(n)[0]  # decided, pruned
+            found[n][step] = trainer.result(n)[0]
     out = UpdateTrainer(model, refined, targets, cfg, callback).run(deadline)
     for n, (update, stats) in enumerate(out):
         if not found[n]:
             continue
-        updates = {"refined": update, **found[n]}
+        updates = {"refined": update}  # then the earlier starts, latest first
+        for step in sorted(found[n], reverse=True):
+            updates[early[n][step].name] = found[n][step]
         stats["start_J"] = {k: None if u is None else u.J for k, u in updates.items()}
         paid = {k: u for k, u in updates.items() if u is not None}
         if paid:

@@ -52,8 +52,8 @@ def _progress(cfg: AdaptConfig, verbose: bool) -> tuple[Optional[Callable], Any]
         return None, None
     from tqdm import tqdm
 
-    warm_ups = len(cfg.early_steps()) * min(cfg.gate_steps, cfg.adapt_steps)
-    total = cfg.refine_steps + cfg.adapt_steps + warm_ups
+    starts = sum(cfg.early_adapt_steps(step) for step in cfg.early_steps())
+    total = cfg.refine_steps + cfg.adapt_steps + starts
     bar = tqdm(total=total, file=sys.stderr, unit="step")
 
     def callback(info: dict[str, Any]) -> None:

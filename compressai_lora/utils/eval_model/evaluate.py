@@ -59,7 +59,7 @@ class StepBar:
         if self.bar is None:
             self.bar = tqdm(position=1, leave=False, dynamic_ncols=True)
         phase = info.get("phase")
-        if "start" in info:  # the warm-up on earlier refined latents
+        if "start" in info:  # an update on earlier refined latents
             phase = f"{phase} ({info['start']})"
         if phase != self.phase:
             self.phase = phase
