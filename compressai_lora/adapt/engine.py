@@ -4,8 +4,9 @@
    network frozen, best checkpoint kept (:mod:`.refine`).
 2. Low-rank decoder update on the ``y_hat`` the real decoder sees, layers
    opened or closed by their measured RD value, best real cost kept
-   (:mod:`.update`); past twice the refinement's annealing span, updates
-   warmed up on the best latents of its first half (quarter, ...) compete
+   (:mod:`.update`); past twice the refinement's annealing span, the
+   updates the schedules of half (a quarter, ...) the steps train on the
+   best latents of the first half (quarter, ...) compete
    (:func:`.update_loop.train_updates`).
 3. Never worse: base, refined-only and refined + update are coded for real
    (bytes from the range coder, distortion from the real decoder output) and
