@@ -29,10 +29,10 @@ from torchvision.transforms.functional import to_tensor
 import compressai_lora  # noqa: F401  (registers the -lora models)
 from compressai_lora.adapt import AdaptConfig
 from compressai_lora.adapt.engine import frozen, torch_threads
-from compressai_lora.adapt.latents import analyse, latent_terms
 from compressai_lora.adapt.objective import distortion, rate_bpp
 from compressai_lora.adapt.update import first_adapted_block
 from compressai_lora.checkpoint import load_state_dict, load_state_dict_and_meta
+from compressai_lora.latents import analyse, latent_terms
 from compressai_lora.zoo import model_architectures
 
 
@@ -66,30 +66,29 @@ def step_speed(
         feat = model.g_s[:split](y_hat)
     h, w = x.shape[-2:]
 
-    def install(active):
+    def step_factors(active):
+        """The trainable factors of ``active`` by buffer name in ``g_s``."""
         for name, m in adapters.items():
-            f = factors[name]
-            m.delta_fn = (
-                (lambda inp, m=m, f=f: m.delta_from(**f)) if name in active else None
-            )
+            m.gate = name in active
+        return {
+            f"{name[4:]}.{k}": v for name in active for k, v in factors[name].items()
+        }
 
     def ours():
-        return model.g_s[split:](feat)
+        f = step_factors(open_gates)
+        return torch.func.functional_call(model.g_s[split:], f, (feat,))
 
     def reference():
         with torch.no_grad():
             yh, liks = latent_terms(model, y, z, torch.round)
             rate_bpp(liks, h * w)
-        return model.g_s(yh)
+        f = step_factors(names)
+        return torch.func.functional_call(model.g_s, f, (yh,))
 
     times = {"ours": [], "reference": []}
     try:
         for _ in range(steps):
-            for name, run, active in (
-                ("ours", ours, open_gates),
-                ("reference", reference, names),
-            ):
-                install(active)
+            for name, run in (("ours", ours), ("reference", reference)):
                 t0 = time.perf_counter()
                 loss = lmbda * distortion(run()[..., :h, :w], x, "mse")
                 opt.zero_grad()
@@ -97,7 +96,7 @@ def step_speed(
                 opt.step()
                 times[name].append(time.perf_counter() - t0)
     finally:
-        install(())
+        step_factors(())
     out = {k: statistics.median(v) for k, v in times.items()}
     out["speedup"] = out["reference"] / out["ours"]
     out["open_layers"] = len(open_gates)

@@ -119,7 +119,6 @@ def main(argv: list[str]) -> None:
         refine_steps=args.refine_steps,
         adapt_steps=args.adapt_steps,
         gate_steps=gate_steps,
-        patience=0,  # every image runs every step
         lmbda=meta.get("lmbda", 0.0067),
     )
     paths = args.images or default_images(args.batch)

@@ -14,13 +14,17 @@ hashes of image and checkpoint, torch's version and the CPU (its model and
 the instruction set torch's kernels use: an AVX2 and an AVX-512 machine round
 differently, and an adaptation of hundreds of steps amplifies that into other
 bytes); a cached job whose key differs runs again, so a cache can be kept
-(committed) and resumed later on the same kind of machine.
+in a working folder and resumed later on the same kind of machine.  The caches
+(``OUT/jobs/``) and the dev-set crops (``OUT/images/``) are not for git
+(``.gitignore``); what a run leaves to commit is its summary,
+``OUT/steps_curve.md`` (the tables) and ``OUT/steps_curve.json`` (every cell's
+result with its job's key), one file each per run.
 
     python benchmarks/steps_curve.py --dev-set --out steps-out \\
         --checkpoint ../shared/weights/cheng2020-attn-N64-q3.pth.tar --jobs 2
     python benchmarks/steps_curve.py --images a.png b.png --schedules fast 300+300 \\
         --code main=/path/to/main/checkout --out steps-out
-    python benchmarks/steps_curve.py --dev-set --out docs/results/steps-curve \\
+    python benchmarks/steps_curve.py --dev-set --out steps-out \\
         --cached-only    # the table of what is cached, nothing run
 
 ``--reuse new=main:fast,default`` fills ``new``'s cells at those schedules
@@ -347,6 +351,22 @@ def table(results: dict, images: list[Path], schedules: list[str], codes) -> str
     return "\n".join(lines) + "\n"
 
 
+def summary(results: dict, keys: dict) -> list[dict]:
+    """``steps_curve.json``'s rows: one per cell, with the key of the job that
+    made it (a reused cell carries its lender's), so that the file alone says
+    which code, config, image, checkpoint, torch and CPU each figure is from."""
+    return [
+        {
+            "code": k[0],
+            "image": str(k[1]),
+            "schedule": k[2],
+            **v,
+            "key": keys.get((v.get("from", k[0]), k[1], k[2])),
+        }
+        for k, v in results.items()
+    ]
+
+
 def parse_reuse(items: list[str], codes: dict, schedules: list[str], p) -> dict:
     """``--reuse`` as {(label, schedule): other}."""
     out = {}
@@ -459,14 +479,9 @@ def main(argv: list[str]) -> None:
                 results[label, img, s] = {**results[other, img, s], "from": other}
     text = table(results, images, args.schedules, codes)
     (args.out / "steps_curve.md").write_text(text)
+    keys = {j[0]: j[4] for j in jobs}
     (args.out / "steps_curve.json").write_text(
-        json.dumps(
-            [
-                {"code": k[0], "image": str(k[1]), "schedule": k[2], **v}
-                for k, v in results.items()
-            ],
-            indent=1,
-        )
+        json.dumps(summary(results, keys), indent=1)
     )
     print(text)
 

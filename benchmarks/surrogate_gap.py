@@ -28,13 +28,14 @@ sys.path.insert(0, str(ROOT))
 from compressai_lora.adapt import AdaptConfig  # noqa: E402
 from compressai_lora.adapt.candidates import Target, latent_candidate  # noqa: E402
 from compressai_lora.adapt.engine import frozen  # noqa: E402
-from compressai_lora.adapt.latents import (  # noqa: E402
+from compressai_lora.adapt.loop import Deadline, run_phase  # noqa: E402
+from compressai_lora.adapt.objective import distortion, rate_bpp  # noqa: E402
+from compressai_lora.adapt.refine import Refinement  # noqa: E402
+from compressai_lora.latents import (  # noqa: E402
     analyse,
     decoder_context,
     latent_terms,
 )
-from compressai_lora.adapt.objective import distortion, rate_bpp  # noqa: E402
-from compressai_lora.adapt.refine import refine_latents  # noqa: E402
 from compressai_lora.utils.codec.__main__ import build_model  # noqa: E402
 
 
@@ -85,12 +86,13 @@ def main(argv: list[str]) -> None:
             y0, z0 = analyse(model, x)
         latents = [("base", (y0, z0))]
         for anchored in (False, True):
+            phase = Refinement(model, [target], [y0], [z0], cfg)
+            phase.anchored = anchored  # False: the first release's objective
+            state = phase.states[0]
+            state.best_loss = phase.hard_loss(state)
             with torch.enable_grad(), frozen(model):
-                y1, z1, _ = refine_latents(
-                    model, x, y0, z0, args.lmbda, cfg,
-                    torch.Generator().manual_seed(0), None,
-                    anchor_context=anchored,
-                )  # fmt: skip
+                run_phase(phase, Deadline(None))
+            y1, z1 = state.best
             name = "anchored" if anchored else "round(y) ctx"
             latents.append((f"refined {args.steps}, {name}", (y1, z1)))
         for label, (y, z) in latents:

@@ -35,7 +35,7 @@ expansion by ``B``.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -76,12 +76,6 @@ class LoRAConv(nn.Module):
             self.out_channels, self.in_channels = w.shape[0], w.shape[1]
         self.kernel_size = tuple(w.shape[2:])
         self._backup: Optional[Tensor] = None
-        #: optional ``fn(x) -> dW`` used instead of the stored factors (the
-        #: optimizer's trainable, gated update); None in normal use
-        self.delta_fn: Optional[Callable[[Tensor], Tensor]] = None
-        #: optional ``fn(x) -> output`` added to the base convolution's (the
-        #: per-image updates of a batch, see :meth:`branch`); None normally
-        self.branch_fn: Optional[Callable[[Tensor], Tensor]] = None
         self._projection: Optional[Tensor] = None
         self.gate = False
         self.rank = 0
@@ -242,13 +236,15 @@ class LoRAConv(nn.Module):
         return F.conv2d(x, weight, b.bias, b.stride, b.padding, b.dilation)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.branch_fn is not None:
-            return self.base(x) + self.branch_fn(x)
-        if self.delta_fn is not None:
-            return self.conv(x, self.base.weight + self.delta_fn(x))
+        """The base convolution, merged or closed; else with the update of its
+        factors (per image of ``x`` when they are stacked per image, as a
+        trainer passes them with ``torch.func.functional_call``)."""
         if self.merged or not self.gate:
             return self.base(x)
-        return self.conv(x, self.base.weight + self.get_delta_weight())
+        factors = self.factors()
+        if factors["B"].dim() == 3:  # one update per image of x
+            return self.base(x) + self.branch(x, **factors)
+        return self.conv(x, self.base.weight + self.delta_from(**factors))
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, form={self.form!r}, gate={self.gate}"

@@ -29,10 +29,11 @@ from torch import Tensor
 
 from . import latent_strings, update_stream
 from .adapt.config import AdaptConfig
-from .adapt.engine import adapt_images, per_image_paddings
-from .adapt.latents import latent_terms
-from .adapt.strings import batch_strings, image_strings
+from .adapt.engine import adapt_images
+from .latents import latent_terms
 from .layers import LoRAConv
+from .padding import per_image_paddings
+from .strings import batch_strings, image_strings
 
 __all__ = [
     "LoRAModelMixin",
@@ -75,7 +76,7 @@ class LoRAModelMixin:
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
-        cfg = adapt if adapt is not None else AdaptConfig(rank=rank, form=form)
+        cfg = adapt if adapt is not None else AdaptConfig(rank=rank).replace(form=form)
         for path in self.lora_layers:
             parent_path, _, attr = path.rpartition(".")
             parent = self.get_submodule(parent_path)
@@ -119,7 +120,7 @@ class LoRAModelMixin:
         """Host ``from_state_dict`` (base checkpoints load strictly), then adapters."""
         net = super().from_state_dict(state_dict)
         net.adapt_config = (
-            adapt if adapt is not None else AdaptConfig(rank=rank, form=form)
+            adapt if adapt is not None else AdaptConfig(rank=rank).replace(form=form)
         )
         return net
 

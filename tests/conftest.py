@@ -55,7 +55,7 @@ def build_host(host_arch: str, n: int = N, m: int = M, seed: int = 0) -> nn.Modu
 def build_lora(name: str, state_dict: dict, **adapt: object) -> LoRAModelMixin:
     """A ``-lora`` model from a (host) state dict, adaptation disabled, eval."""
     net = model_architectures[name].from_state_dict(state_dict)
-    net.adapt_config = AdaptConfig(enabled=False, **adapt)
+    net.adapt_config = AdaptConfig().replace(enabled=False, **adapt)
     return net.eval()
 
 

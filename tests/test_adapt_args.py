@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from compressai_lora.adapt import PRESETS, AdaptConfig
+from compressai_lora.adapt import PRESETS, AdaptConfig, Tuning
 from compressai_lora.utils.adapt_args import (
     adapt_config_from_args,
     adaptation_flags_given,
@@ -23,7 +23,7 @@ def test_defaults_are_the_presets():
     assert not adaptation_flags_given(args)
     assert adapt_config_from_args(args) == AdaptConfig()
     fast = adapt_config_from_args(parse("--preset", "fast"))
-    assert fast == AdaptConfig(**PRESETS["fast"])
+    assert fast == AdaptConfig().replace(**PRESETS["fast"])
 
 
 def test_flags_override_preset_and_defaults():
@@ -43,12 +43,12 @@ def test_flags_override_preset_and_defaults():
         (["--lr", "0.1"], 0.1, 0.1),
         (["--lr", "0.1", "--adapt-lr", "0.3"], 0.1, 0.3),
         (["--refine-lr", "0.2", "--lr", "0.1"], 0.2, 0.1),
-        (["--adapt-lr", "0.3"], AdaptConfig.refine_lr, 0.3),
+        (["--adapt-lr", "0.3"], Tuning.refine_lr, 0.3),
     ],
 )
 def test_learning_rates(argv, refine_lr, adapt_lr):
     cfg = adapt_config_from_args(parse(*argv))
-    assert (cfg.refine_lr, cfg.adapt_lr) == (refine_lr, adapt_lr)
+    assert (cfg.tuning.refine_lr, cfg.tuning.adapt_lr) == (refine_lr, adapt_lr)
 
 
 @pytest.mark.parametrize(
@@ -80,13 +80,13 @@ def test_batch_size_is_a_field_not_yet_a_flag():
 def test_anneal_spans_and_the_paper_preset_continues_the_default():
     assert adaptation_flags_given(parse("--anneal", "300", "200"))
     cfg = adapt_config_from_args(parse("--anneal", "300", "0"))
-    assert (cfg.refine_anneal, cfg.adapt_anneal) == (300, None)
+    assert (cfg.tuning.refine_anneal, cfg.tuning.adapt_anneal) == (300, None)
     fast = adapt_config_from_args(parse("--preset", "fast", "--anneal", "20", "30"))
-    assert (fast.refine_anneal, fast.adapt_anneal) == (20, 30)
+    assert (fast.tuning.refine_anneal, fast.tuning.adapt_anneal) == (20, 30)
     with pytest.raises(ValueError, match="--anneal"):
         adapt_config_from_args(parse("--anneal", "-1", "5"))
     with pytest.raises(ValueError, match="refine_anneal"):
-        AdaptConfig(refine_anneal=0)
+        AdaptConfig().replace(refine_anneal=0)
     # paper: the default's settings but the step counts
     paper = AdaptConfig.preset("paper")
     assert paper.replace(refine_steps=400, adapt_steps=350) == AdaptConfig()

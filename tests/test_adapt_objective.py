@@ -13,14 +13,14 @@ from test_determinism import _image, _model  # noqa: E402  (same directory)
 
 from compressai_lora.adapt import AdaptConfig
 from compressai_lora.adapt.candidates import Target, _Capture, latent_candidate
-from compressai_lora.adapt.latents import (
+from compressai_lora.adapt.objective import distortion, rate_bpp
+from compressai_lora.checkpoint import load_state_dict
+from compressai_lora.latents import (
     analyse,
     decoder_context,
     is_autoregressive,
     latent_terms,
 )
-from compressai_lora.adapt.objective import distortion, rate_bpp
-from compressai_lora.checkpoint import load_state_dict
 from compressai_lora.zoo import model_architectures
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,39 +147,3 @@ def test_budget_that_ends_the_warm_up_codes_the_update_once(monkeypatch):
         g == {"open": True, "dJ": None, "by": "budget"} for g in gates.values()
     )
     assert len(codings) == 1  # not once per layer
-
-
-def test_a_decision_that_closes_every_layer_is_taken_again(monkeypatch):
-    from compressai_lora.adapt.update import ImageUpdate
-
-    calls = []
-    real = ImageUpdate.decide
-
-    def decide(self):
-        calls.append(1)
-        if len(calls) == 1:  # the first decision: nothing pays yet
-            real(self)
-            self.open = []
-            return None
-        return real(self)
-
-    monkeypatch.setattr(ImageUpdate, "decide", decide)
-    seen = []
-    model, x = _model("bmshj2018-hyperprior-lora"), _image(0)
-    model.adapt_config = model.adapt_config.replace(
-        refine_steps=2,
-        adapt_steps=12,
-        gate_steps=4,
-        patience=0,
-        callback=lambda info: seen.append((info["phase"], info["gates"])),
-    )
-    with torch.no_grad():
-        model.compress(x)
-    stats = model.last_adaptation
-    assert stats["gates_retries"] == 1
-    assert stats["gates_step"] == 8  # the second decision, 4 steps later
-    assert len(calls) == 2  # the second stands: 8 + 4 leaves no room for a third
-    gates = [g for phase, g in seen if phase == "adapt"]
-    n = len(model.lora_layers)
-    assert gates[:8] == [n] * 8  # every layer trained on after the first
-    assert stats["adapt_iters"] > 8 or not stats["gates_open"]

@@ -20,9 +20,8 @@ from test_determinism import _image, _model  # noqa: E402  (same directory)
 from compressai_lora.models import batch_strings, image_strings
 
 ROOT = Path(__file__).resolve().parents[1]
-#: long enough for gate decisions, real-cost checkpoints and per-image early
-#: stops (the hyperprior's images stop refining at different steps)
-SETTINGS = dict(refine_steps=30, adapt_steps=25, gate_steps=10, patience=10)
+#: long enough for gate decisions and real-cost checkpoints
+SETTINGS = dict(refine_steps=30, adapt_steps=25, gate_steps=10)
 SETTINGS.update(lmbda=0.05)
 FAST = dict(refine_steps=4, adapt_steps=15, gate_steps=5)  # an update pays
 REL = 2e-3  # J of batched vs unbatched: float reduction order only
@@ -92,8 +91,6 @@ def test_batch_gives_each_image_its_unbatched_result(name, form):
         assert torch.equal(
             model.decompress(out["strings"], out["shape"])["x_hat"], x_hat
         )
-    if name.startswith("bmshj"):  # the images stopped refining at their own step
-        assert len({st["refine_iters"] for st in stats}) > 1
     assert {st["choice"] for st in stats} == {"update"}
 
 

@@ -46,7 +46,7 @@ def test_reconfigure_restores_the_exact_host_kernels(
     if via == "configure_adapters":
         lora.configure_adapters(rank, form)
     else:
-        lora.adapt_config = AdaptConfig(enabled=False, rank=rank, form=form)
+        lora.adapt_config = AdaptConfig().replace(enabled=False, rank=rank, form=form)
     adapters = lora.adapters()
     for path, m in adapters.items():
         assert (m.rank, m.form) == (rank, form), path

@@ -26,7 +26,7 @@ NAMES = sorted(model_architectures)
 # long enough for the gates to flip: the first release drifted here with 5 of
 # the 6 models (cheng2020-attn kept the same gates)
 SETTINGS = dict(refine_steps=4, adapt_steps=30, gate_steps=20, lmbda=2.0)
-SETTINGS.update(patience=0, refine_lr=0.05, adapt_lr=0.05, threads=1)
+SETTINGS.update(refine_lr=0.05, adapt_lr=0.05, threads=1)
 
 
 def _model(name: str, n: int = 8):
@@ -38,7 +38,7 @@ def _model(name: str, n: int = 8):
     base.update(force=True)
     lora = model_architectures[name].from_state_dict(base.state_dict()).eval()
     lora.update(force=True)
-    lora.adapt_config = AdaptConfig(**SETTINGS)
+    lora.adapt_config = AdaptConfig().replace(**SETTINGS)
     return lora
 
 
@@ -96,7 +96,7 @@ from compressai_lora.zoo import model_architectures
 name, ckpt, image, out, settings = sys.argv[1:]
 model = model_architectures[name].from_state_dict(torch.load(ckpt)).eval()
 model.update(force=True)
-model.adapt_config = AdaptConfig(**eval(settings))
+model.adapt_config = AdaptConfig().replace(**eval(settings))
 with torch.no_grad():
     strings = model.compress(torch.load(image))["strings"]
 open(out, "wb").write(b"|".join(s[0] for s in strings))

@@ -262,9 +262,24 @@ def test_branch_is_each_images_update_without_a_merged_kernel(base, form):
         assert torch.count_nonzero(value.grad[[0, 2]]) == 0
 
 
-def test_branch_fn_adds_to_the_base_output(base):
+def test_forward_takes_per_image_factors_passed_in(base):
+    """A trainer passes factors with ``functional_call``: stacked per image,
+    each image gets its own update (as ``branch``); one image's, the kernel
+    update ``merge`` adds."""
     layer = LoRAConv(base)
-    x = _x(layer)
-    layer.branch_fn = lambda t: torch.ones_like(base(t))
+    x = _x(layer)  # two images
+    gen = torch.Generator().manual_seed(0)
+    shapes = layer.factor_shapes()
+    per_image = {k: 0.1 * torch.randn(2, *s, generator=gen) for k, s in shapes.items()}
+    layer.gate = True
     with torch.no_grad():
-        assert torch.equal(layer(x), base(x) + 1)
+        out = torch.func.functional_call(layer, per_image, (x,))
+        assert torch.equal(out, base(x) + layer.branch(x, **per_image))
+        for n in range(2):
+            one = {k: v[n] for k, v in per_image.items()}
+            alone = torch.func.functional_call(layer, one, (x[n : n + 1],))
+            layer.set_factors(**one)
+            layer.merge()
+            assert torch.allclose(alone, base(x[n : n + 1]), atol=1e-5)  # merged
+            layer.unmerge()
+            assert torch.allclose(out[n : n + 1], alone, rtol=1e-4, atol=1e-4)

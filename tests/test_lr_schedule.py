@@ -8,8 +8,8 @@ import pytest
 import torch
 from test_determinism import _image, _model  # noqa: E402  (same directory)
 
-from compressai_lora.adapt import AdaptConfig, clock, refine, update_loop
-from compressai_lora.adapt.clock import LR_FLOOR, LR_HOLD, Deadline, lr_factor
+from compressai_lora.adapt import AdaptConfig, loop, refine, update
+from compressai_lora.adapt.loop import LR_FLOOR, LR_HOLD, Deadline, lr_factor
 
 
 def test_cosine_holds_then_runs_to_the_floor_and_never_rises():
@@ -25,7 +25,7 @@ def test_cosine_holds_then_runs_to_the_floor_and_never_rises():
 
 def test_unknown_schedule_is_refused():
     with pytest.raises(ValueError, match="lr_schedule"):
-        AdaptConfig(lr_schedule="linear")
+        AdaptConfig().replace(lr_schedule="linear")
 
 
 def test_budget_fraction_grows_with_time():
@@ -45,15 +45,15 @@ def test_each_phase_follows_its_schedule(monkeypatch, schedule):
     def recording(module):
         def set_lr(opt, lr):
             seen.append((module, lr))
-            clock.set_lr(opt, lr)
+            loop.set_lr(opt, lr)
 
         return set_lr
 
     monkeypatch.setattr(refine, "set_lr", recording("refine"))
-    monkeypatch.setattr(update_loop, "set_lr", recording("adapt"))
+    monkeypatch.setattr(update, "set_lr", recording("adapt"))
     model = _model("bmshj2018-hyperprior-lora")
-    cfg = AdaptConfig(
-        refine_steps=12, adapt_steps=14, gate_steps=4, patience=0,
+    cfg = AdaptConfig().replace(
+        refine_steps=12, adapt_steps=14, gate_steps=4,
         refine_lr=0.02, adapt_lr=0.01, lmbda=0.01, lr_schedule=schedule,
         refine_anneal=None, adapt_anneal=None,  # over each phase's steps
     )  # fmt: skip
@@ -78,17 +78,16 @@ def _rates(monkeypatch, **settings) -> dict[str, list[float]]:
     def recording(phase):
         def set_lr(opt, lr):
             seen[phase].append(lr)
-            clock.set_lr(opt, lr)
+            loop.set_lr(opt, lr)
 
         return set_lr
 
     monkeypatch.setattr(refine, "set_lr", recording("refine"))
-    monkeypatch.setattr(update_loop, "set_lr", recording("adapt"))
+    monkeypatch.setattr(update, "set_lr", recording("adapt"))
     model = _model("bmshj2018-hyperprior-lora")
-    # one run's rates: no further start trains beside it (early_start off)
-    model.adapt_config = AdaptConfig(
-        gate_steps=4, patience=0, refine_lr=0.02, adapt_lr=0.01, lmbda=0.01,
-        refine_anneal=10, adapt_anneal=8, early_start=False, **settings,
+    model.adapt_config = AdaptConfig().replace(
+        gate_steps=4, refine_lr=0.02, adapt_lr=0.01, lmbda=0.01,
+        refine_anneal=10, adapt_anneal=8, **settings,
     )  # fmt: skip
     with torch.no_grad():
         model.compress(_image(3))

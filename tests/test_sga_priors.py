@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from compressai_lora.adapt.engine import pad_to_multiple
 from compressai_lora.adapt.sga import TAU_MAX, TAU_MIN, sga_round, temperature
+from compressai_lora.padding import pad_to_multiple
 from compressai_lora.priors import (
     SCALES,
     best_scale,

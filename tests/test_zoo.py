@@ -72,7 +72,7 @@ def test_adapt_config_from_kwargs():
     assert model.adapt_config == AdaptConfig(metric="ms-ssim", rank=3, enabled=False)
     assert all(m.rank == 3 for m in model.adapters().values())
     assert model.default_lmbda == lmbda_for(2, "ms-ssim")
-    cfg = AdaptConfig(enabled=False, form="full")
+    cfg = AdaptConfig().replace(enabled=False, form="full")
     model = image_models[name](quality=2, adapt=cfg)
     assert model.adapt_config == cfg
     assert all(m.form == "full" for m in model.adapters().values())

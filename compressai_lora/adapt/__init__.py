@@ -1,5 +1,6 @@
 """Per-image instance adaptation (latent refinement + gated low-rank update)."""
 
-from .config import LAMBDAS, PRESETS, AdaptConfig, lmbda_for
+from ..lambdas import LAMBDAS, lmbda_for
+from .config import PRESETS, AdaptConfig, Tuning
 
-__all__ = ["AdaptConfig", "LAMBDAS", "PRESETS", "lmbda_for"]
+__all__ = ["AdaptConfig", "LAMBDAS", "PRESETS", "Tuning", "lmbda_for"]

@@ -11,15 +11,15 @@ import torch
 from torch import Tensor
 
 from .. import update_stream
-from .latents import fixed_latents
-from .objective import coded_distortion
+from ..latents import fixed_latents
+from .objective import coded_distortion, crop_to, distortion
 
 __all__ = [
     "Candidate",
     "Target",
     "latent_candidate",
-    "update_candidate",
     "prune_by_real_cost",
+    "update_candidate",
 ]
 
 
@@ -54,6 +54,11 @@ class Target:
     def pixels(self) -> int:
         return self.x.size(-2) * self.x.size(-1)
 
+    def loss(self, out: Tensor, bpp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(loss, bpp, x_hat)`` of this image's decoder output ``out``."""
+        x_hat = crop_to(out, self.x, self.offset).clamp(0, 1)  # as decoded
+        return self.lmbda * distortion(x_hat, self.x, self.metric) + bpp, bpp, x_hat
+
     def cost(self, c: Candidate) -> Candidate:
         """Set ``c``'s real bpp, distortion and ``J`` (all bytes, real pixels)."""
         n_bytes = sum(len(s[0]) for s in c.strings) + len(c.update)
@@ -63,33 +68,20 @@ class Target:
         return c
 
 
-class _Capture:
-    """Records the input of ``g_s`` (the ``y_hat`` the decoder really used)."""
-
-    def __init__(self, module):
-        self.value = None
-        self.handle = module.register_forward_pre_hook(self._hook)
-
-    def _hook(self, _module, args):
-        self.value = args[0].detach().clone()
-
-    def close(self):
-        self.handle.remove()
-
-
 def latent_candidate(model, name, target: Target, xp, y, z) -> Candidate:
     """Code ``y``/``z`` with the host's coder, decode, and cost the image."""
     with torch.no_grad():
         with fixed_latents(model, y, z):
             out = model.host_compress(xp)
-        cap = _Capture(model.g_s)
+        seen = []  # the input of g_s: the y_hat the decoder really used
+        hook = model.g_s.register_forward_pre_hook(lambda _, a: seen.append(a[0]))
         try:
             x_hat = model.host_decompress(out["strings"], out["shape"])["x_hat"]
         finally:
-            cap.close()
+            hook.remove()
     empty = update_stream.encode_update(0, 0, 0, {}, 0)
     c = Candidate(name, out["strings"], out["shape"], empty, x_hat, y, z)
-    c.extra["y_hat"] = cap.value
+    c.extra["y_hat"] = seen[0].clone()
     return target.cost(c)
 
 

@@ -1,21 +1,12 @@
 """Per-image adaptation inside ``compress()`` (Lv et al., ACM MM 2023).
 
-1. Latent refinement: ``y`` (and ``z``) optimized with SGA under the RD loss,
-   network frozen, best checkpoint kept (:mod:`.refine`).
-2. Low-rank decoder update on the ``y_hat`` the real decoder sees, layers
-   opened or closed by their measured RD value, best real cost kept
-   (:mod:`.update`); past twice the refinement's annealing span, the
-   updates the schedules of half (a quarter, ...) the steps train on the
-   best latents of the first half (quarter, ...) compete
-   (:func:`.update_loop.train_updates`).
-3. Never worse: base, refined-only and refined + update are coded for real
-   (bytes from the range coder, distortion from the real decoder output) and
-   the cheapest RD cost ``J`` is sent (:mod:`.candidates`).
-
-Images of one size can be adapted together (:func:`adapt_batch`): the steps
-of both phases run on the batch, everything else (coding, checkpoints, gate
-decisions, early stops, the choice) per image, so each image gets its
-unbatched result up to float rounding.
+:func:`adapt_batch` is the method: the base codec, then (1) latent refinement
+with SGA (:mod:`.refine`), (2) the gated low-rank decoder update on the
+``y_hat`` the real decoder sees (:mod:`.update`), both in one loop
+(:mod:`.loop`), and (3) never worse: base, refined-only and refined + update
+are coded for real and the lowest RD cost ``J`` is sent (:mod:`.candidates`).
+Images of one size can be adapted together: the steps run on the batch,
+everything else per image.
 """
 
 from __future__ import annotations
@@ -25,29 +16,17 @@ import time
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from ..latents import analyse
+from ..padding import Padding, own_pixels, pad_to_multiple, per_image_paddings
 from .candidates import Candidate, Target, latent_candidate
-from .clock import Deadline
 from .config import AdaptConfig
-from .latents import analyse
-from .objective import finite
-from .refine import refine_batch
-from .update_loop import train_updates
+from .loop import Deadline, run_phase
+from .refine import Refinement
+from .update import UpdatePhase
 
-#: (left, right, top, bottom) pixels of an input that are the caller's padding
-Padding = tuple[int, int, int, int]
-
-__all__ = [
-    "adapt_and_compress",
-    "adapt_batch",
-    "adapt_images",
-    "per_image_paddings",
-    "frozen",
-    "pad_to_multiple",
-    "torch_threads",
-]
+__all__ = ["adapt_batch", "adapt_images", "frozen", "torch_threads"]
 
 
 @contextlib.contextmanager
@@ -77,73 +56,6 @@ def frozen(model: torch.nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def pad_to_multiple(x: Tensor, factor: int) -> Tensor:
-    """Replicate-pad ``x`` on the bottom/right to a multiple of ``factor``.
-
-    The host's autoregressive coders need it; the loss only sees ``x``'s own
-    pixels, so the padding just has to be cheap to code.
-    """
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % factor, (-w) % factor
-    if not ph and not pw:
-        return x
-    mode = "replicate" if h > 1 and w > 1 else "constant"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
-
-
-def _lmbda(model, cfg: AdaptConfig) -> float:
-    """The run's lambda: the config's, else the model's zoo default."""
-    lmbda = cfg.lmbda if cfg.lmbda is not None else model.default_lmbda
-    if lmbda is None:
-        raise ValueError(
-            "adaptation needs lambda: set AdaptConfig(lmbda=...) (models built "
-            "from a checkpoint do not know their quality level)"
-        )
-    return float(lmbda)
-
-
-def adapt_and_compress(
-    model,
-    x: Tensor,
-    cfg: AdaptConfig,
-    callback: Optional[Callable] = None,
-    padding: Padding = (0, 0, 0, 0),
-) -> tuple[Candidate, dict[str, Any]]:
-    """Adapt ``model`` to ``x`` (1 image) and return the cheapest candidate.
-
-    ``padding`` (left, right, top, bottom, as ``compute_padding`` gives it)
-    says how much of ``x`` is padding the caller added: the loss, the
-    distortion and the bpp count only the image's own pixels.
-    """
-    if x.dim() != 4 or x.size(0) != 1:
-        raise ValueError(
-            f"adaptation works on one image at a time, got input of shape "
-            f"{tuple(x.shape)} (expected 1x3xHxW)"
-        )
-    return adapt_batch(model, x, cfg, callback, [padding])[0]
-
-
-def per_image_paddings(padding: Sequence, n: Optional[int] = None):
-    """``padding`` checked: one ``(left, right, top, bottom)`` for every image
-    (returned as a tuple) or a sequence of them, one per image (a list).
-    With ``n``, the list of the ``n`` images' paddings.
-
-    Raises:
-        ValueError: a padding is not 4 values >= 0, or not one per image.
-    """
-    per_image = len(padding) > 0 and hasattr(padding[0], "__len__")
-    pads = [tuple(int(v) for v in p) for p in (padding if per_image else [padding])]
-    if any(len(p) != 4 or min(p) < 0 for p in pads):
-        raise ValueError(f"padding must be 4 values >= 0, got {padding}")
-    if n is None:
-        return pads if per_image else pads[0]
-    if not per_image:
-        return pads * n
-    if len(pads) != n:
-        raise ValueError(f"{len(pads)} paddings for {n} images")
-    return pads
-
-
 def adapt_images(
     model,
     x: Tensor,
@@ -151,12 +63,9 @@ def adapt_images(
     callback: Optional[Callable] = None,
     paddings: Sequence = (0, 0, 0, 0),
 ) -> list[tuple[Candidate, dict[str, Any]]]:
-    """Adapt to each image of ``x`` (Bx3xHxW), ``cfg.batch_size`` at a time.
-
-    ``paddings``: one padding for every image or one per image (see
-    :func:`adapt_batch`).  Returns each image's cheapest candidate and stats,
-    in order; with several images in ``x`` the callback's ``"image"`` is the
-    index in ``x``.
+    """Adapt to each image of ``x`` (Bx3xHxW), ``cfg.batch_size`` at a time:
+    each image's cheapest candidate and stats.  ``paddings``: one for every
+    image or one per image.  The callback's ``"image"`` is the index in ``x``.
     """
     if x.dim() != 4:
         raise ValueError(f"expected Bx3xHxW images, got shape {tuple(x.shape)}")
@@ -174,19 +83,29 @@ def adapt_images(
     return out
 
 
-def _targets(x: Tensor, paddings, lmbda: float, metric: str) -> list[Target]:
-    """Each image's own pixels (``x`` less its padding) and where they sit."""
-    targets = []
-    for n, padding in enumerate(paddings):
-        left, right, top, bottom = padding
-        h, w = x.size(-2) - top - bottom, x.size(-1) - left - right
-        if min(padding) < 0 or h < 1 or w < 1:
-            raise ValueError(
-                f"padding {padding} does not fit an input of {tuple(x.shape)}"
-            )
-        image = x[n : n + 1, :, top : top + h, left : left + w]
-        targets.append(Target(image, (top, left), lmbda, metric))
-    return targets
+def _run(phase, model, cfg: AdaptConfig, seconds: Optional[float], cb) -> None:
+    """Run ``phase`` with gradients on and the network frozen."""
+    with torch.enable_grad(), frozen(model), torch_threads(cfg.threads):
+        run_phase(phase, Deadline(seconds), cb)
+
+
+def _targets(model, x: Tensor, cfg: AdaptConfig, paddings) -> list[Target]:
+    """Each image's own pixels and RD trade-off (the input checked)."""
+    if x.dim() != 4 or x.size(0) < 1:
+        raise ValueError(
+            f"adaptation needs a batch of images, got input of shape "
+            f"{tuple(x.shape)} (expected Bx3xHxW)"
+        )
+    if not torch.isfinite(x).all():
+        raise ValueError("input image contains NaN or inf")
+    lmbda = cfg.lmbda if cfg.lmbda is not None else model.default_lmbda
+    if lmbda is None:
+        raise ValueError(
+            "adaptation needs lambda: set AdaptConfig(lmbda=...) (models built "
+            "from a checkpoint do not know their quality level)"
+        )
+    pads = paddings or [(0, 0, 0, 0)] * x.size(0)
+    return [Target(i, at, float(lmbda), cfg.metric) for i, at in own_pixels(x, pads)]
 
 
 def adapt_batch(
@@ -196,114 +115,79 @@ def adapt_batch(
     callback: Optional[Callable] = None,
     paddings: Optional[Sequence[Padding]] = None,
 ) -> list[tuple[Candidate, dict[str, Any]]]:
-    """Adapt ``model`` to the images of ``x`` (Bx3xHxW) together.
+    """Adapt ``model`` to the images of ``x`` (Bx3xHxW) together: per image,
+    the cheapest candidate and its stats.
 
-    Each image gets its unbatched result up to float rounding: its own base
-    codec, refinement, update, gate decisions and never-worse choice; the
-    steps of both phases run on the batch.  ``paddings`` (one per image, see
-    :func:`adapt_and_compress`; default none) may differ between images.  A
-    batch shares the wall time: each image's ``refine_time``/``adapt_time``
-    (and the time budget) are the batch's, and its stats say ``batch_size``
-    when B > 1.
+    Each image gets its unbatched result up to float rounding; only the steps
+    run on the batch.  ``paddings``: per image, the caller's (left, right,
+    top, bottom) padding, left out of the loss and the RD cost.  A batch
+    shares the wall time and the budget.
     """
-    if x.dim() != 4 or x.size(0) < 1:
-        raise ValueError(
-            f"adaptation needs a batch of images, got input of shape "
-            f"{tuple(x.shape)} (expected Bx3xHxW)"
-        )
-    lmbda = _lmbda(model, cfg)
-    if not finite(x):
-        raise ValueError("input image contains NaN or inf")
-    size = x.size(0)
-    targets = _targets(x, paddings or [(0, 0, 0, 0)] * size, lmbda, cfg.metric)
-    cb = callback or cfg.callback
+    targets = _targets(model, x, cfg, paddings)
     xp = pad_to_multiple(x, model.downsampling_factor)
-    stats: list[dict[str, Any]] = [{"lmbda": lmbda} for _ in range(size)]
-    # per image, why phases ended early (divergence, budget)
-    diverged: list[list] = [[] for _ in range(size)]
-    stopped: list[list] = [[] for _ in range(size)]
-    candidates = []
-    for n in range(size):
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            y0, z0 = analyse(model, xp[n : n + 1])
-        candidates.append(
-            [latent_candidate(model, "base", targets[n], xp[n : n + 1], y0, z0)]
-        )
-        stats[n]["base_time"] = time.perf_counter() - t0
-
-    def record(n: int, s: dict[str, Any]) -> None:
-        diverged[n] += [s.pop("diverged")] if "diverged" in s else []
-        stopped[n] += [s.pop("stopped")] if "stopped" in s else []
-        stats[n].update(s)
-
-    t0 = time.perf_counter()
-    budget = cfg.time_budget
-    refined = [c[0] for c in candidates]
-    early: list[dict[int, Candidate]] = [{} for _ in range(size)]  # further starts
+    cb, budget, size = callback or cfg.callback, cfg.time_budget, len(targets)
+    stats = [{"lmbda": t.lmbda, "diverged": [], "stopped": []} for t in targets]
+    # 0. the base codec
+    base = [_base(model, t, xp[n : n + 1], stats[n]) for n, t in enumerate(targets)]
+    refined, updates, t0 = list(base), [None] * size, time.perf_counter()
+    # 1. latent refinement (SGA)
     if cfg.refine_steps > 0:
+        y0, z0 = [c.y for c in base], [c.z for c in base]
+        phase = Refinement(model, targets, y0, z0, cfg)
         share = cfg.refine_steps / (cfg.refine_steps + cfg.adapt_steps)
-        deadline = Deadline(None if budget is None else budget * share)
-        gens = [_generator(x.device, cfg.seed) for _ in range(size)]
-        with torch.enable_grad(), frozen(model), torch_threads(cfg.threads):
-            results = refine_batch(
-                model, [t.x for t in targets], [c.y for c in refined],
-                [c.z for c in refined], lmbda, cfg, gens, cb,
-                [t.offset for t in targets], deadline, early_steps=cfg.early_steps(),
-            )  # fmt: skip
-        for n, (y, z, s) in enumerate(results):
-            starts = s.pop("early", {})
-            record(n, s)
-            c = latent_candidate(model, "refined", targets[n], xp[n : n + 1], y, z)
+        _run(phase, model, cfg, None if budget is None else budget * share, cb)
+        for n, s in enumerate(phase.states):
+            c = latent_candidate(model, "refined", targets[n], xp[n : n + 1], *s.best)
             refined[n] = c
-            candidates[n].append(c)
-            for step, (ye, ze) in starts.items():
-                name = f"refined@{step}"
-                e = latent_candidate(model, name, targets[n], xp[n : n + 1], ye, ze)
-                early[n][step] = e
-                candidates[n].append(e)
+            _record(stats[n], s, refine_loss=s.best_loss, refine_iters=s.iters)
     refine_time = time.perf_counter() - t0
-    for st in stats:
-        st["refine_time"] = refine_time
-
-    t1 = time.perf_counter()
+    # 2. the gated low-rank decoder update, on the refined latents
     if cfg.adapt_steps > 0:
-        left_s = None if budget is None else max(budget - (t1 - t0), 0.0)
-        with torch.enable_grad(), frozen(model), torch_threads(cfg.threads):
-            updates = train_updates(
-                model, refined, early, targets, cfg, cb, Deadline(left_s)
-            )
-        for n, (update, s) in enumerate(updates):
-            record(n, s)
-            candidates[n] += [] if update is None else [update]
-    adapt_time = time.perf_counter() - t1
+        phase = UpdatePhase(model, refined, targets, cfg)
+        left = None if budget is None else max(budget - refine_time, 0.0)
+        _run(phase, model, cfg, left, cb)
+        for n, s in enumerate(phase.states):
+            updates[n] = s.result()
+            _record(stats[n], s, **s.report())
+    adapt_time = time.perf_counter() - t0 - refine_time
+    # 3. never worse: the lowest real RD cost is sent
     for st in stats:
-        st["adapt_time"] = adapt_time
+        st.update(refine_time=refine_time, adapt_time=adapt_time)
+    return [
+        _choose(model, c, st, size) for c, st in zip(zip(base, refined, updates), stats)
+    ]
 
-    out = []
+
+def _base(model, target: Target, xp: Tensor, stats: dict[str, Any]) -> Candidate:
+    """The base codec's candidate of one image."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        y, z = analyse(model, xp)
+    base = latent_candidate(model, "base", target, xp, y, z)
+    stats["base_time"] = time.perf_counter() - t0
+    return base
+
+
+def _record(stats: dict[str, Any], s, **values: Any) -> None:
+    """A phase's figures of one image, and why it ended early, if it did."""
+    stats.update(values)
+    stats["diverged"] += [s.diverged] if s.diverged else []
+    stats["stopped"] += [s.stopped] if s.stopped else []
+
+
+def _choose(model, cands, stats: dict[str, Any], size: int):
+    """The cheapest of an image's candidates (real ``J``) and its stats."""
+    cands = list({id(c): c for c in cands if c is not None}.values())
+    best = min(cands, key=lambda c: c.J)
     layer_names = list(model.adapters())
-    for n, cands in enumerate(candidates):
-        best = min(cands, key=lambda c: c.J)
-        stats[n].update(
-            {
-                "choice": best.name,
-                "J": {c.name: c.J for c in cands},
-                "bpp": {c.name: c.bpp for c in cands},
-                "dist": {c.name: c.dist for c in cands},
-                "update_bits": 8 * len(best.update),
-                "open_gates": [
-                    layer_names[i] for i in best.extra.get("open_gates", [])
-                ],
-                "diverged": diverged[n],
-                "stopped": stopped[n],
-            }
-        )
-        if size > 1:
-            stats[n]["batch_size"] = size
-        out.append((best, stats[n]))
-    return out
-
-
-def _generator(device: torch.device, seed: int) -> torch.Generator:
-    """A generator on ``device`` seeded with ``seed`` (the SGA noise)."""
-    return torch.Generator(device=device).manual_seed(seed)
+    stats.update(
+        choice=best.name,
+        J={c.name: c.J for c in cands},
+        bpp={c.name: c.bpp for c in cands},
+        dist={c.name: c.dist for c in cands},
+        update_bits=8 * len(best.update),
+        open_gates=[layer_names[i] for i in best.extra.get("open_gates", [])],
+    )
+    if size > 1:
+        stats["batch_size"] = size
+    return best, stats

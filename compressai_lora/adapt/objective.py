@@ -12,12 +12,9 @@ from torch import Tensor
 
 __all__ = [
     "LATENT_LIMIT",
-    "batch_loss",
     "coded_distortion",
     "crop_to",
     "distortion",
-    "diverged",
-    "finite",
     "progress",
     "rate_bpp",
     "sane",
@@ -56,18 +53,8 @@ def coded_distortion(
     return float(distortion(b, a, metric))
 
 
-def batch_loss(losses: list[Tensor]) -> Tensor:
-    """A batch's loss: the sum of its images' (one image: its loss as is), so
-    each image's gradient is its own."""
-    return losses[0] if len(losses) == 1 else torch.stack(losses).sum()
-
-
 def rate_bpp(likelihoods: dict[str, Tensor], pixels: int) -> Tensor:
     return sum(-torch.log2(v).sum() for v in likelihoods.values()) / pixels
-
-
-def finite(t: Tensor) -> bool:
-    return bool(torch.isfinite(t).all())
 
 
 def sane(*tensors: Optional[Tensor], limit: float = LATENT_LIMIT) -> bool:
@@ -76,11 +63,6 @@ def sane(*tensors: Optional[Tensor], limit: float = LATENT_LIMIT) -> bool:
         t is None or bool(torch.isfinite(t).all() and t.abs().max() <= limit)
         for t in tensors
     )
-
-
-def diverged(phase: str, t: int, why: str) -> dict[str, Any]:
-    """What ``stats["diverged"]`` records: the phase, the step and why."""
-    return {"phase": phase, "step": t + 1, "reason": why}
 
 
 def progress(phase, t, steps, loss, bpp, x_hat, x, gates) -> dict[str, Any]:

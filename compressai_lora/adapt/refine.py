@@ -1,214 +1,120 @@
 """Phase 1: latent refinement with SGA under the RD loss, network frozen.
 
-The learning rate follows ``cfg.lr_schedule`` and the SGA temperature anneals
-over ``cfg.refine_anneal`` steps (None: over the phase), then both stay at
-their end values: a longer phase continues a shorter one's trajectory, and as
-the best checkpoint is kept, more steps never give costlier latents.
+The learning rate and the SGA temperature anneal over ``refine_anneal`` steps
+(None: over the phase), then stay at their end values: a longer phase
+continues a shorter one's trajectory, and as the best checkpoint is kept,
+more steps never give costlier latents.
 
 For the autoregressive models the entropy model's context is anchored on the
-serial decoder's ``y_hat``: at every checkpoint (every ``EVAL_EVERY`` steps)
-an exact serial pass gives the ``y_hat`` the decoder will compute, and the
-steps until the next checkpoint take their context from it.  The checkpoint's
-hard-rounded loss is then the real coder's rate and distortion (up to the
-coder's discretized tables), and the best iterate is chosen by it.
-
-A batch of images is refined together (:func:`refine_batch`): the loss is
-the sum of the images' losses, so each image's gradient is its own; Adam is
-elementwise, every image has its own latents (leaf tensors), its own SGA
-generator, its own checkpoints (computed on the image alone), best iterate,
-early stop and divergence check.  An image that has stopped leaves the batch.
+serial decoder's ``y_hat``, recomputed exactly at every checkpoint: the
+checkpoint's hard-rounded loss is then the real coder's cost (up to its
+discretized tables), and the best iterate is chosen by it.  Each image of a
+batch has its own latents, SGA generator, checkpoints and best iterate.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from .clock import Deadline, lr_factor, schedule_done, set_lr
-from .latents import decoder_context, is_autoregressive, latent_terms
-from .objective import (
-    batch_loss,
-    crop_to,
-    distortion,
-    diverged,
-    finite,
-    progress,
-    rate_bpp,
-    sane,
-)
+from ..latents import decoder_context, is_autoregressive, latent_terms
+from .candidates import Target
+from .loop import EVAL_EVERY, Deadline, ImageState, lr_factor, schedule_done, set_lr
+from .objective import rate_bpp, sane
 from .sga import sga_round, temperature
 
-__all__ = ["EVAL_EVERY", "refine_batch", "refine_latents"]
-
-EVAL_EVERY = 10
-
-Refined = tuple[Tensor, Optional[Tensor], dict]
+__all__ = ["Latents", "Refinement"]
 
 
-class _Latents:
-    """One image's latents under refinement, its best checkpoint and stats."""
+class Latents(ImageState):
+    """One image's latents under refinement and its best checkpoint."""
 
-    def __init__(self, index: int, x: Tensor, y0: Tensor, z0, gen, offset):
-        self.index, self.x, self.gen, self.offset = index, x, gen, offset
-        self.pixels = x.size(-2) * x.size(-1)
+    def __init__(self, index: int, target: Target, y0: Tensor, z0, seed: int):
+        super().__init__(index)
+        self.target = target
+        self.gen = torch.Generator(device=y0.device).manual_seed(seed)
         self.y = y0.detach().clone().requires_grad_(True)
         self.z = None if z0 is None else z0.detach().clone().requires_grad_(True)
         self.best = (y0.detach(), None if z0 is None else z0.detach())
         self.best_loss = math.nan
-        self.early: dict[int, tuple] = {}  # step: the best latents then
-        self.context: Optional[Tensor] = None
-        self.since = 0
-        self.iters: Optional[int] = None  # steps done, once it has stopped
-        self.stats: dict[str, Any] = {}
+        self.context: Optional[Tensor] = None  # the decoder's y_hat (anchored)
 
     def leaves(self) -> list[Tensor]:
         return [t for t in (self.y, self.z) if t is not None]
+
+    def bad(self) -> Optional[str]:
+        return None if sane(self.y, self.z) else "latents out of range"
 
 
 def _cat(tensors: list) -> Optional[Tensor]:
     return None if tensors[0] is None else torch.cat(tensors)
 
 
-def refine_batch(
-    model,
-    images: Sequence[Tensor],
-    y0: Sequence[Tensor],
-    z0: Sequence[Optional[Tensor]],
-    lmbda: float,
-    cfg,
-    gens: Sequence[torch.Generator],
-    cb: Optional[Callable] = None,
-    offsets: Optional[Sequence[tuple[int, int]]] = None,
-    deadline: Optional[Deadline] = None,
-    anchor_context: bool = True,
-    early_steps: Sequence[int] = (),
-) -> list[Refined]:
-    """SGA refinement of a batch; per image, the best checkpoint's latents.
+class Refinement:
+    """SGA refinement of a batch of images' latents, from their ``y0``, ``z0``
+    (one image each, one shape)."""
 
-    ``images[n]`` holds image ``n``'s own pixels; they sit at ``offsets[n]``
-    in its decoder output (the rest is padding and costs nothing).  ``y0``,
-    ``z0`` are its latents (1 image each, all of one shape) and ``gens[n]``
-    its SGA generator.  At the ``deadline`` the current latents get a last
-    checkpoint and the phase ends.  ``anchor_context=False`` takes the
-    context from ``round(y)`` instead (the first release's objective, kept to
-    measure the difference).  With several images ``cb`` gets ``"image"``.
-    ``stats["early"]`` maps each of ``early_steps`` the phase reached to the
-    best ``(y, z)`` after that many steps (latest first; the same as the
-    final ones where later steps found nothing better).
-    """
-    deadline = deadline or Deadline(None)
-    offsets = offsets or [(0, 0)] * len(images)
-    states = [_Latents(n, *a) for n, a in enumerate(zip(images, y0, z0, gens, offsets))]
-    opt = torch.optim.Adam([t for s in states for t in s.leaves()], lr=cfg.refine_lr)
-    anchored = anchor_context and is_autoregressive(model)
-    many = len(states) > 1
+    name = "refine"
 
-    def losses(group: list[_Latents], rnd) -> list[tuple[Tensor, Tensor, Tensor]]:
-        """Each image's (loss, bpp, x_hat) from one batched pass."""
+    def __init__(self, model, targets: Sequence[Target], y0, z0, cfg):
+        self.model, self.steps = model, cfg.refine_steps
+        self.tuning = cfg.tuning
+        self.states = [
+            Latents(n, t, y, z, cfg.seed)
+            for n, (t, y, z) in enumerate(zip(targets, y0, z0))
+        ]
+        leaves = [t for s in self.states for t in s.leaves()]
+        self.opt = torch.optim.Adam(leaves, lr=self.tuning.refine_lr)
+        self.anchored = is_autoregressive(model)
+        self.tau = 0.0
+        for s in self.states:
+            s.best_loss = self.hard_loss(s)  # the starting point
+
+    def losses(self, group: list[Latents], rnd=None) -> list[tuple]:
+        """Each image's (loss, bpp, x_hat) from one batched pass; ``rnd``
+        (None: an SGA sample at the current temperature) rounds."""
+        if rnd is None:
+            tau, gens = self.tau, [s.gen for s in group]
+            rnd = lambda v: sga_round(v, tau, gens)  # noqa: E731
         y, z = _cat([s.y for s in group]), _cat([s.z for s in group])
-        ctx = _cat([s.context for s in group]) if anchored else None
-        y_hat, liks = latent_terms(model, y, z, rnd, context=ctx)
-        out = model.g_s(y_hat)
+        ctx = _cat([s.context for s in group]) if self.anchored else None
+        y_hat, liks = latent_terms(self.model, y, z, rnd, context=ctx)
+        out = self.model.g_s(y_hat)
         terms = []
         for n, s in enumerate(group):
-            x_hat = crop_to(out[n : n + 1], s.x, s.offset).clamp(0, 1)  # as decoded
-            bpp = rate_bpp({k: v[n : n + 1] for k, v in liks.items()}, s.pixels)
-            loss = lmbda * distortion(x_hat, s.x, cfg.metric) + bpp
-            terms.append((loss, bpp, x_hat))
+            own = {k: v[n : n + 1] for k, v in liks.items()}
+            terms.append(s.target.loss(out[n : n + 1], rate_bpp(own, s.target.pixels)))
         return terms
 
-    def checkpoint_loss(s: _Latents) -> float:
+    def hard_loss(self, s: Latents) -> float:
         """``s`` alone, hard-rounded, its context re-anchored on the decoder's
-        y_hat."""
+        ``y_hat``."""
         with torch.no_grad():
-            if anchored:
-                s.context = decoder_context(model, s.y.detach(), s.z.detach())
-            return float(losses([s], torch.round)[0][0])
+            if self.anchored:
+                s.context = decoder_context(self.model, s.y.detach(), s.z.detach())
+            return float(self.losses([s], torch.round)[0][0])
 
-    def keep_if_better(s: _Latents) -> bool:
-        """Checkpoint ``s``; keep its latents if they beat its best."""
-        hard = checkpoint_loss(s)
-        if not (math.isfinite(hard) and hard < s.best_loss):
-            return False
-        s.best_loss = hard
-        s.best = (s.y.detach().clone(), None if s.z is None else s.z.detach().clone())
-        return True
+    # -- what run_phase asks ------------------------------------------------
+    def prepare(self, t: int, deadline: Deadline) -> None:
+        tn = self.tuning
+        span = tn.refine_anneal or self.steps
+        self.tau = temperature(min(t, span - 1), span)
+        done = schedule_done(t, self.steps, tn.refine_anneal, deadline)
+        set_lr(self.opt, tn.refine_lr * lr_factor(tn.lr_schedule, done))
 
-    for s in states:
-        s.best_loss = checkpoint_loss(s)  # the starting point
-    steps, t = cfg.refine_steps, -1
-    for t in range(steps):
-        active = [s for s in states if s.iters is None]
-        if not active:
-            break
-        if deadline.due():
-            for s in active:
-                s.stats["stopped"] = {"phase": "refine", "step": t, "reason": "budget"}
-                if t % EVAL_EVERY:  # the latest latents were not checked yet
-                    keep_if_better(s)
-                s.iters = t
-            break
-        span = cfg.refine_anneal or steps  # the temperature's annealing
-        tau = temperature(min(t, span - 1), span)
-        done = schedule_done(t, steps, cfg.refine_anneal, deadline)
-        set_lr(opt, cfg.refine_lr * lr_factor(cfg.lr_schedule, done))
-        terms = losses(active, lambda v: sga_round(v, tau, [s.gen for s in active]))
-        live = []
-        for s, term in zip(active, terms):
-            if finite(term[0]):
-                live.append((s, term))
-            else:
-                s.stats["diverged"] = diverged("refine", t, "non-finite loss")
-                s.iters = t + 1
-        if live:
-            opt.zero_grad()
-            batch_loss([term[0] for _, term in live]).backward()
-            opt.step()
-        for s, (loss, bpp, x_hat) in live:
-            if not sane(s.y, s.z):  # diverged: keep the best state so far
-                s.stats["diverged"] = diverged("refine", t, "latents out of range")
-                s.iters = t + 1
-                continue
-            s.since += 1
-            if ((t + 1) % EVAL_EVERY == 0 or t == steps - 1) and keep_if_better(s):
-                s.since = 0
-            if t + 1 in early_steps:
-                s.early[t + 1] = s.best
-            if cb:
-                info = progress("refine", t, steps, loss, bpp, x_hat, s.x, None)
-                cb({**info, "image": s.index} if many else info)
-        deadline.tick()
-        for s, _ in live:
-            if s.iters is None and cfg.patience and s.since >= cfg.patience:
-                s.iters = t + 1
-    results = []
-    for s in states:
-        iters = t + 1 if s.iters is None else s.iters
-        s.stats.update(refine_loss=s.best_loss, refine_iters=iters)
-        if s.early:
-            s.stats["early"] = dict(sorted(s.early.items(), reverse=True))
-        results.append((s.best[0], s.best[1], s.stats))
-    return results
+    def checkpoint(self, s: Latents) -> None:
+        """Keep ``s``'s latents if their hard-rounded loss beats its best."""
+        hard = self.hard_loss(s)
+        if math.isfinite(hard) and hard < s.best_loss:
+            s.best_loss = hard
+            s.best = (
+                s.y.detach().clone(),
+                None if s.z is None else s.z.detach().clone(),
+            )
 
-
-def refine_latents(
-    model,
-    x: Tensor,
-    y0: Tensor,
-    z0: Optional[Tensor],
-    lmbda: float,
-    cfg,
-    gen,
-    cb,
-    offset: tuple[int, int] = (0, 0),
-    deadline: Optional[Deadline] = None,
-    anchor_context: bool = True,
-) -> Refined:
-    """SGA refinement of ``y``/``z`` of one image (see :func:`refine_batch`)."""
-    return refine_batch(
-        model, [x], [y0], [z0], lmbda, cfg, [gen], cb, [offset], deadline,
-        anchor_context,
-    )[0]  # fmt: skip
+    def finish(self, s: Latents, t: int) -> None:
+        if (t - s.start) % EVAL_EVERY:  # the latest latents were not checked yet
+            self.checkpoint(s)

@@ -1,9 +1,6 @@
-"""Stochastic Gumbel annealing (Yang, Bamler, Mandt, NeurIPS 2020).
-
-A differentiable stand-in for rounding while the latents are refined: each
-value is a Gumbel-softmax mix of its floor and ceiling, with logits that
-favour the nearer integer; as the temperature falls the mix becomes hard
-rounding.
+"""Stochastic Gumbel annealing (Yang, Bamler, Mandt, NeurIPS 2020): a
+differentiable stand-in for rounding, each value a Gumbel-softmax mix of its
+floor and ceiling favouring the nearer; hard rounding as the temperature falls.
 """
 
 from __future__ import annotations

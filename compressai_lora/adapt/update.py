@@ -1,52 +1,37 @@
-"""Phase 2: one image's low-rank decoder update, trained on the ``y_hat`` the
-real decoder sees (the refined candidate's), with its bits in the loss.
+"""Phase 2: the low-rank decoder update, trained on the ``y_hat`` the real
+decoder sees (the refined candidate's), with its bits in the loss.
 
-1. Warm-up: the factors of every adapted layer train together for
-   ``cfg.gate_steps`` steps (straight-through quantized; they start at zero,
-   so an update has to earn its bits).
-2. The gates decide on measured figures: the warm update is coded for real
-   at ``cfg.step_code`` and at each of ``cfg.step_search`` coarser steps
-   (each twice the last); the finest step within ``cfg.step_tie`` of the
-   lowest real ``J`` stands (``stats["step_code"]``, every step's figure in
-   ``stats["step_J"]``) and the update trains on at it.  A finer step
-   resolves the update better, a coarser one costs fewer bits: which pays
-   depends on the image and on how far refinement went.  Then, layer by
-   layer, the real ``J`` without that layer's update is compared with the
-   real ``J`` with it (backward elimination).  A layer stays open if
-   removing it costs (``dJ > 0``); ``stats["gates"]`` records each decision
-   and its ``dJ``.  Deterministic: no gate network, no random draw.  When no
-   layer pays yet, every layer trains on (at ``cfg.step_code``) and the
-   decision is taken again ``cfg.gate_steps`` steps later, while the phase
-   has room for it
-   (``stats["gates_step"]``: the step of the decision that stood).  When the
-   time budget ends the warm-up, the warm update of every layer is coded once
-   instead (``dJ`` None, ``"by": "budget"``).
-3. The open layers train on, the learning rate following
-   ``cfg.lr_schedule`` from the end of the warm-up over ``cfg.adapt_anneal``
-   steps (None: the rest of the phase), then at its floor; every
-   ``EVAL_EVERY`` steps the update is coded for real and the lowest real
-   ``J`` is kept (``cfg.patience`` steps without a better one end the phase).
-   A greedy pass on real costs then closes the layers that no longer pay.
+1. Warm-up: every adapted layer's factors train for ``gate_steps`` steps
+   (straight-through quantized, from zero: an update has to earn its bits).
+2. The gates decide on real coded costs: the warm update is coded at
+   ``step_code`` and ``step_search`` coarser steps, the finest step within
+   ``step_tie`` of the cheapest stands; then a layer stays open only if
+   removing it raises the real ``J`` (backward elimination, each ``dJ`` in
+   ``last_adaptation["gates"]``).  No gate network; if no layer pays, the
+   image's update ends there.
+3. The open layers train on, the lowest real ``J`` of the checkpoints is
+   kept, and a greedy pass on real costs closes the layers that no longer pay.
 
-:class:`ImageUpdate` holds one image's factors and makes its decisions (all
-on the image alone); :mod:`.update_loop` trains a batch of them together.
+Only ``g_s`` runs, from the first block an image adapts.  The factors reach
+the adapters through ``torch.func.functional_call``: one image's as they are
+(the kernel update ``decompress`` merges), a batch's stacked per image.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor
+from torch.func import functional_call
 
 from .. import update_stream
 from ..priors import tensor_bits
 from .candidates import Candidate, Target, prune_by_real_cost, update_candidate
+from .loop import Deadline, ImageState, lr_factor, schedule_done, set_lr
 from .objective import sane
 
-__all__ = ["EVAL_EVERY", "ImageUpdate", "first_adapted_block"]
-
-EVAL_EVERY = 10
+__all__ = ["ImageUpdate", "UpdatePhase", "first_adapted_block"]
 
 
 def first_adapted_block(model, paths=None) -> int:
@@ -69,39 +54,27 @@ def _ste_round(t: Tensor) -> Tensor:
     return t + (torch.round(t) - t).detach()
 
 
-class ImageUpdate:
-    """One image's trainable update: factors, open layers, real-cost choices.
-
-    Args:
-        model: a ``-lora`` model (frozen, adapters reset)
-        refined: the candidate whose latents the update is trained for
-        target: the image and RD trade-off (see :class:`Target`)
-        cfg: the AdaptConfig
-        index: the image's place in its batch
-    """
+class ImageUpdate(ImageState):
+    """One image's trainable update: factors, open layers, real-cost choices
+    (``ready`` once the gates have decided, at step ``start``)."""
 
     def __init__(self, model, refined: Candidate, target: Target, cfg, index=0):
-        self.model, self.refined, self.target = model, refined, target
-        self.cfg, self.index = cfg, index
+        tn = cfg.tuning
+        super().__init__(index, start=min(tn.gate_steps, cfg.adapt_steps), ready=False)
+        self.model, self.refined, self.target, self.tuning = model, refined, target, tn
         self.names = list(model.lora_layers)
-        self.step_code, self.step, self.limit = cfg.step_code, 0.0, 0.0
-        self.set_step(cfg.step_code)
-        device = target.x.device
+        self.set_step(tn.step_code)
         self.factors = [
-            {
-                k: v.to(device).requires_grad_(True)
-                for k, v in m.initial_factors().items()
-            }
-            for m in model.adapters().values()
+            {k: v.to(target.x.device).requires_grad_(True) for k, v in f.items()}
+            for f in (m.initial_factors() for m in model.adapters().values())
         ]
         self.open = list(range(len(self.factors)))
         self.split = self.first_block()
         self.best: Optional[Candidate] = None
-        self.decided = False  # the open layers are settled
-        self.decide_at = min(cfg.gate_steps, cfg.adapt_steps)  # next decision
-        self.since = 0
-        self.iters: Optional[int] = None  # steps done, once it has stopped
-        self.stats: dict[str, Any] = {}
+        self.gates: dict[str, dict[str, Any]] = {}  # each layer's decision
+        self.step_J: dict[int, float] = {}  # the decision's J per step code
+        self.gates_J: Optional[float] = None
+        self.gates_step: Optional[int] = None
 
     def set_step(self, code: int) -> None:
         """Quantize (and train) the factors on the grid of step ``code``."""
@@ -111,23 +84,29 @@ class ImageUpdate:
 
     def step_codes(self) -> list[int]:
         """The step codes a decision tries, finest first."""
-        codes = [self.cfg.step_code - 4 * k for k in range(self.cfg.step_search + 1)]
+        tn = self.tuning
+        codes = [tn.step_code - 4 * k for k in range(tn.step_search + 1)]
         return [c for c in codes if c >= 0]
 
     def leaves(self) -> list[Tensor]:
         return [t for f in self.factors for t in f.values()]
 
+    def bad(self) -> Optional[str]:
+        ok = sane(*self.leaves(), limit=self.limit)
+        return None if ok else "factors out of range"
+
+    def open_layers(self) -> int:
+        return len(self.open)
+
     def first_block(self) -> int:
-        """The first ``g_s`` block with an open adapter (blocks before it are
-        the same with or without the update)."""
+        """The first ``g_s`` block with an open adapter."""
         return first_adapted_block(self.model, [self.names[i] for i in self.open])
 
     # -- the update --------------------------------------------------------
     def quantized(self, i: int) -> dict[str, Tensor]:
         """Layer ``i``'s factors, straight-through quantized."""
-        return {
-            k: _ste_round(v / self.step) * self.step for k, v in self.factors[i].items()
-        }
+        s = self.step
+        return {k: _ste_round(v / s) * s for k, v in self.factors[i].items()}
 
     def bpp(self) -> Tensor:
         """Differentiable bits of the open layers' factors, per pixel."""
@@ -138,112 +117,170 @@ class ImageUpdate:
         )
         return bits / self.target.pixels
 
-    def updates(self, layers, code=None) -> dict[int, update_stream.LayerUpdate]:
-        """The updates of ``layers`` quantized at step ``code`` (None: the
-        current step) that are not all zero."""
+    def real(self, layers, code=None) -> Optional[Candidate]:
+        """``layers``' current update at step ``code`` (None: the current
+        step), coded and decoded for real (None: empty)."""
         code = self.step_code if code is None else code
         step = update_stream.step_from_code(code)
-        out = {}
+        updates = {}
         for i in layers:
             f = {k: v.detach() for k, v in self.factors[i].items()}
             if sane(*f.values(), limit=_symbol_limit(step)) and any(
                 torch.round(v / step).abs().sum() > 0 for v in f.values()
             ):
-                out[i] = update_stream.quantize(f, code)
-        return out
-
-    def real(self, layers, code=None) -> Optional[Candidate]:
-        """``layers``' current update at step ``code`` (None: the current
-        step), coded and decoded for real (None: empty)."""
-        code = self.step_code if code is None else code
-        updates = self.updates(layers, code)
+                updates[i] = update_stream.quantize(f, code)
         if not updates:
             return None
         return update_candidate(self.model, self.refined, updates, code, self.target)
 
-    def choose_step(self) -> Optional[Candidate]:
-        """Set the finest step whose update of the open layers costs at most
-        ``cfg.step_tie`` of the refined ``J`` more than the cheapest (real J;
-        only steps whose update pays, if any does) and return that update.
-
-        A near tie goes to the finer step: on line-10 at ``paper`` 2^-5 won
-        the decision by 0.03% of ``J`` and trained to a ``J`` 1.3% above
-        2^-6's (docs/RESULTS.md).
-        """
-        trials = {c: self.real(self.open, c) for c in self.step_codes()}
-        costs = {c: self.refined.J if t is None else t.J for c, t in trials.items()}
-        pool = {c: j for c, j in costs.items() if j < self.refined.J} or costs
-        tie = min(pool.values()) + self.cfg.step_tie * abs(self.refined.J)
-        code = next(c for c, j in pool.items() if j <= tie)  # finest first
-        self.set_step(code)
-        self.stats["step_code"], self.stats["step_J"] = code, costs
-        return trials[code]
+    def cost(self, c: Optional[Candidate]) -> float:
+        """Real ``J`` of an update candidate (None: the refined latents')."""
+        return self.refined.J if c is None else c.J
 
     # -- decisions ---------------------------------------------------------
-    def decide(self) -> Optional[Candidate]:
-        """Keep the layers whose update pays, by the real coded cost.
+    def choose_step(self) -> Optional[Candidate]:
+        """Set the finest step whose update of the open layers costs at most
+        ``step_tie`` of the refined ``J`` more than the cheapest (among the
+        steps whose update pays, if any does); return that update."""
+        trials = {c: self.real(self.open, c) for c in self.step_codes()}
+        costs = {c: self.cost(t) for c, t in trials.items()}
+        pool = {c: j for c, j in costs.items() if j < self.refined.J} or costs
+        tie = min(pool.values()) + self.tuning.step_tie * abs(self.refined.J)
+        code = next(c for c, j in pool.items() if j <= tie)  # finest first
+        self.set_step(code)
+        self.step_J = costs
+        return trials[code]
 
-        First the step (:meth:`choose_step`), then backward elimination in
-        layer order at it: a layer is closed if the update without it costs
-        less (real J) than with it; ``dJ`` is what removing it would have
-        cost (> 0: it stays open).
-        """
+    def decide(self, t: int) -> None:
+        """The gate decision at step ``t``: the step, then backward
+        elimination in layer order on the real coded cost."""
         current = self.choose_step()
-        record = {}
+        self.gates = {}
         for i in list(self.open):
             rest = [j for j in self.open if j != i]
             without = self.real(rest) if rest else None
-            j_with = self.refined.J if current is None else current.J
-            j_without = self.refined.J if without is None else without.J
-            dj = j_without - j_with
-            record[self.names[i]] = {"open": dj > 0, "dJ": dj}
+            dj = self.cost(without) - self.cost(current)
+            self.gates[self.names[i]] = {"open": dj > 0, "dJ": dj}
             if dj <= 0:
                 self.open, current = rest, without
-        self.stats["gates"] = record
-        self.stats["gates_J"] = None if current is None else current.J
-        self.decided = True
-        return current
-
-    def decide_or_retry(self, step: int) -> None:
-        """The decision at ``step``; if no layer pays and the phase has room
-        for another warm-up, every layer trains on until the next one."""
-        self.best, self.since = self.decide(), 0
-        self.stats["gates_step"] = step
-        if not self.open and step + self.cfg.gate_steps < self.cfg.adapt_steps:
-            self.open, self.decided = list(range(len(self.factors))), False
-            self.set_step(self.cfg.step_code)
-            self.decide_at = step + self.cfg.gate_steps
-            self.stats["gates_retries"] = self.stats.get("gates_retries", 0) + 1
+        self.best, self.gates_step = current, t
+        self.gates_J = None if current is None else current.J
+        self.ready, self.start = True, t
         self.split = self.first_block()
 
-    def undecided(self) -> Optional[Candidate]:
-        """The warm update of every layer, coded once: the budget ended the
-        warm-up, and the per-layer checks would code it once per layer more."""
-        self.stats["gates"] = {
-            self.names[i]: {"open": True, "dJ": None, "by": "budget"} for i in self.open
-        }
-        current = self.real(self.open)
-        self.stats["gates_J"] = None if current is None else current.J
-        self.decided = True
-        return current
-
-    def better(self) -> Optional[Candidate]:
-        """The open layers' current update, coded for real, if it beats the best."""
+    def checkpoint(self) -> None:
+        """Code the open layers' update; keep it if it beats the best."""
         c = self.real(self.open)
-        best = self.best
-        return c if c is not None and (best is None or c.J < best.J) else best
+        if c is not None and (self.best is None or c.J < self.best.J):
+            self.best = c
 
-    def result(self, iters: int) -> tuple[Optional[Candidate], dict[str, Any]]:
-        """The image's final candidate after ``iters`` steps (None: no update
-        pays); the greedy pruning pass unless the budget stopped it."""
-        if not self.decided and "diverged" not in self.stats:
-            self.best = self.decide()  # the phase ended before the decision
-        self.stats.update(
-            adapt_iters=iters, gates_open=len(self.open), split=self.split
-        )
-        if self.best is None or "stopped" in self.stats:
-            return self.best, self.stats  # out of time: no pruning pass
-        final = prune_by_real_cost(
+    def last_look(self) -> None:
+        """At the deadline: the current update checked, or if the gates have
+        not decided, every layer's warm update coded once (no per-layer checks)."""
+        if not self.ready:
+            self.gates = {
+                self.names[i]: {"open": True, "dJ": None, "by": "budget"}
+                for i in self.open
+            }
+            self.best, self.ready = self.real(self.open), True
+            self.gates_J = None if self.best is None else self.best.J
+        elif self.open:
+            self.checkpoint()
+
+    def result(self) -> Optional[Candidate]:
+        """The image's final candidate (None: no update pays); the greedy
+        pruning pass unless the budget stopped it."""
+        if not self.ready and self.diverged is None:
+            self.decide(self.iters)  # the phase ended before the decision
+        if self.best is None or self.stopped is not None:
+            return self.best  # out of time: no pruning pass
+        return prune_by_real_cost(
             self.model, self.refined, self.best, self.step_code, self.target
         )
-        return final, self.stats
+
+    def report(self) -> dict[str, Any]:
+        """What ``last_adaptation`` shows of this phase."""
+        names = ("split", "gates", "gates_J", "gates_step", "step_code", "step_J")
+        shown = {k: getattr(self, k) for k in names}
+        return {"adapt_iters": self.iters, "gates_open": len(self.open), **shown}
+
+
+class UpdatePhase:
+    """Trains the updates of a batch of images (one image: a batch of one),
+    each for its ``refined`` candidate's latents, on a frozen model whose
+    adapters are reset."""
+
+    name = "adapt"
+
+    def __init__(self, model, refined: Sequence[Candidate], targets, cfg):
+        self.model, self.steps, self.tuning = model, cfg.adapt_steps, cfg.tuning
+        # (name in g_s, adapter): a slice of g_s keeps the names
+        self.adapters = [(p[4:], m) for p, m in model.adapters().items()]
+        self.states = [
+            ImageUpdate(model, r, t, cfg, n)
+            for n, (r, t) in enumerate(zip(refined, targets))
+        ]
+        self.y_hat = torch.cat([r.extra["y_hat"] for r in refined])
+        leaves = [t for s in self.states for t in s.leaves()]
+        self.opt = torch.optim.Adam(leaves, lr=self.tuning.adapt_lr)
+        self.warmup = min(self.tuning.gate_steps, self.steps)
+        self._prefix: Optional[tuple[int, Tensor]] = None
+
+    def _features(self, active: list[ImageUpdate]) -> tuple[int, Tensor]:
+        """``split``, the first block ``active`` adapt, and the input of
+        ``g_s[split:]`` (the blocks before it run once per split)."""
+        split = min(s.split for s in active)
+        if self._prefix is None or self._prefix[0] != split:
+            with torch.no_grad():
+                self._prefix = split, self.model.g_s[:split](self.y_hat)
+        feat = self._prefix[1]
+        if len(active) < len(self.states):
+            feat = feat[[s.index for s in active]]
+        return split, feat
+
+    def _factors(self, active: list[ImageUpdate]) -> dict[str, Tensor]:
+        """The open layers' factors by buffer name in ``g_s``; a batch's
+        stacked, zero for an image whose layer is closed."""
+        out = {}
+        for i, (path, _) in enumerate(self.adapters):
+            rows = [s.quantized(i) if i in s.open else None for s in active]
+            like = next((r for r in rows if r is not None), None)
+            if like is None:
+                continue
+            if len(self.states) > 1:
+                zero = {k: torch.zeros_like(v) for k, v in like.items()}
+                like = {k: torch.stack([(r or zero)[k] for r in rows]) for k in like}
+            out.update({f"{path}.{k}": v for k, v in like.items()})
+        return out
+
+    def losses(self, active: list[ImageUpdate]) -> list[tuple[Tensor, ...]]:
+        """Each active image's (loss, bpp, x_hat) from one batched pass."""
+        split, feat = self._features(active)
+        factors = self._factors(active)
+        opened = [m for p, m in self.adapters if f"{p}.B" in factors]
+        for m in opened:  # the layers with trainable factors compute with them
+            m.gate = True
+        try:
+            out = functional_call(self.model.g_s[split:], factors, (feat,))
+        finally:
+            for m in opened:
+                m.gate = False
+        return [s.target.loss(out[n : n + 1], s.bpp()) for n, s in enumerate(active)]
+
+    # -- what run_phase asks ------------------------------------------------
+    def prepare(self, t: int, deadline: Deadline) -> None:
+        for s in self.states:
+            if s.running and not s.ready and t == s.start:
+                s.decide(t)  # the gates, on real coded costs
+                if not s.open:
+                    s.stop(t + 1)
+        if t >= self.warmup:  # the warm-up trains at the full rate
+            tn, w = self.tuning, self.warmup
+            done = schedule_done(t - w, self.steps - w, tn.adapt_anneal, deadline)
+            set_lr(self.opt, tn.adapt_lr * lr_factor(tn.lr_schedule, done))
+
+    def checkpoint(self, s: ImageUpdate) -> None:
+        s.checkpoint()
+
+    def finish(self, s: ImageUpdate, t: int) -> None:
+        s.last_look()

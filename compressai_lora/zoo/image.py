@@ -13,7 +13,8 @@ from typing import Any, Callable
 from torch.hub import load_state_dict_from_url
 
 from .. import host
-from ..adapt.config import AdaptConfig, lmbda_for
+from ..adapt.config import TUNING_FIELDS, AdaptConfig
+from ..lambdas import lmbda_for
 from ..models import (
     Cheng2020AnchorLoRA,
     Cheng2020AttentionLoRA,
@@ -47,7 +48,7 @@ model_architectures = {
     )
 }
 
-_CONFIG_FIELDS = {f.name for f in dataclasses.fields(AdaptConfig)}
+_CONFIG_FIELDS = {f.name for f in dataclasses.fields(AdaptConfig)} | set(TUNING_FIELDS)
 
 
 def _adapt_config(metric: str, kwargs: dict) -> AdaptConfig:

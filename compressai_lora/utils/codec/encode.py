@@ -12,7 +12,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from ...adapt.config import AdaptConfig, resolve_lmbda
+from ...adapt.config import AdaptConfig
+from ...lambdas import resolve_lmbda
 from ...zoo import image_models as lora_models
 from ..adapt_args import adapt_config_from_args, adaptation_flags_given
 from ..images import png_writer, read_image

@@ -47,8 +47,8 @@ import compressai
 import torch
 
 from compressai_lora import host
-from compressai_lora.adapt.config import resolve_lmbda
 from compressai_lora.adapt.engine import torch_threads
+from compressai_lora.lambdas import resolve_lmbda
 from compressai_lora.utils.adapt_args import add_adaptation_args
 
 from ..distributed import (

@@ -23,7 +23,7 @@ from PIL import Image
 from torch import Tensor
 
 from ... import host
-from ...adapt.strings import image_strings
+from ...strings import image_strings
 from .images import compute_metrics
 from .results import adaptation_results
 

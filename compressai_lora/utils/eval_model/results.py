@@ -28,14 +28,16 @@ ADAPT_KEYS = ("update_bpp", "open_gates", "adaptation_time")
 
 
 def settings_of(cfg: AdaptConfig) -> dict[str, Any]:
-    """The adaptation settings as stored in the JSON (no callback)."""
-    return {
+    """The adaptation settings as stored in the JSON: one flat dict (the
+    tuning's fields too), no callback."""
+    top = {
         f.name: getattr(cfg, f.name)
         for f in dataclasses.fields(cfg)
-        if f.name != "callback"
+        if f.name not in ("callback", "tuning")
         # one image at a time: the key of results stored before batching existed
         and not (f.name == "batch_size" and cfg.batch_size == 1)
     }
+    return {**top, **dataclasses.asdict(cfg.tuning)}
 
 
 def adaptation_results(stats: dict[str, Any], num_pixels: int) -> dict[str, Any]:

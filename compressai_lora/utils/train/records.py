@@ -13,7 +13,7 @@ import torch
 
 import compressai_lora
 
-from ...adapt.config import LAMBDAS
+from ...lambdas import LAMBDAS
 from .data import REPO_ROOT
 
 __all__ = [

@@ -17,7 +17,6 @@ from compressai.losses import RateDistortionLoss
 from compressai.optimizers import net_aux_optimizer
 from tqdm import tqdm
 
-from ...adapt.config import LAMBDAS, resolve_lmbda
 from ...checkpoint import (
     CheckpointError,
     atomic_save,
@@ -27,6 +26,7 @@ from ...checkpoint import (
     sha256,
     to_float32,
 )
+from ...lambdas import LAMBDAS, resolve_lmbda
 from ..files import write_json
 from ..paths import output_dir_problem
 from .data import ImageBank, step_generator, step_seed

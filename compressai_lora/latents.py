@@ -27,7 +27,7 @@ from compressai.models import (
 )
 from torch import Tensor
 
-from .. import host
+from . import host
 
 __all__ = [
     "has_hyperprior",
