@@ -148,3 +148,24 @@ def test_budget_that_ends_the_warm_up_codes_the_update_once(monkeypatch):
         g == {"open": True, "dJ": None, "by": "budget"} for g in gates.values()
     )
     assert len(codings) == 1  # not once per layer
+
+
+def test_a_decision_that_closes_every_layer_ends_the_update(monkeypatch):
+    from compressai_lora.adapt.update import ImageUpdate
+
+    real = ImageUpdate.decide
+
+    def decide(self, t):
+        real(self, t)
+        self.open, self.best = [], None  # nothing pays
+
+    monkeypatch.setattr(ImageUpdate, "decide", decide)
+    model, x = _model("bmshj2018-hyperprior-lora"), _image(0)
+    model.adapt_config = model.adapt_config.replace(
+        refine_steps=2, adapt_steps=12, gate_steps=4
+    )
+    with torch.no_grad():
+        model.compress(x)
+    stats = model.last_adaptation
+    assert (stats["gates_step"], stats["adapt_iters"]) == (4, 5)
+    assert stats["choice"] != "update" and stats["update_bits"] == 0
