@@ -52,7 +52,7 @@ def per_image_paddings(padding: Sequence, n: Optional[int] = None):
 def own_pixels(x: Tensor, paddings: Sequence[Padding]) -> list[tuple[Tensor, tuple]]:
     """Each image's own pixels (``x`` less its padding) and their (top, left)
     offset in ``x``."""
-    targets = []
+    out = []
     for n, padding in enumerate(paddings):
         left, right, top, bottom = padding
         h, w = x.size(-2) - top - bottom, x.size(-1) - left - right
@@ -61,5 +61,5 @@ def own_pixels(x: Tensor, paddings: Sequence[Padding]) -> list[tuple[Tensor, tup
                 f"padding {padding} does not fit an input of {tuple(x.shape)}"
             )
         image = x[n : n + 1, :, top : top + h, left : left + w]
-        targets.append((image, (top, left)))
-    return targets
+        out.append((image, (top, left)))
+    return out
