@@ -109,7 +109,9 @@ def code(cfg):
             "J": bpp + args["lmbda"] * mse, "seconds": seconds,
             "choice": stats.get("choice"), "update_bytes": len(out["strings"][-1][0]),
             "open_gates": len(stats.get("open_gates") or []),
-            "candidates": stats.get("J")}  # real J of base, refined, update
+            "candidates": stats.get("J"),  # real J of base, refined, update
+            "stopped": bool(stats.get("stopped")),  # the budget ended a phase
+            "steps": [stats.get("refine_iters"), stats.get("adapt_iters")]}
 
 base = code(AdaptConfig(enabled=False, lmbda=args["lmbda"]))
 cfg = AdaptConfig.preset(args["preset"], lmbda=args["lmbda"], seed=args["seed"],

@@ -5,6 +5,7 @@ import argparse
 import pytest
 
 from compressai_lora.adapt import PRESETS, AdaptConfig, Tuning
+from compressai_lora.utils import distributed
 from compressai_lora.utils.adapt_args import (
     adapt_config_from_args,
     adaptation_flags_given,
@@ -18,12 +19,25 @@ def parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def test_defaults_are_the_presets():
+def test_defaults_are_the_presets(monkeypatch):
+    monkeypatch.setattr(distributed, "free_cpus", lambda: 3)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     args = parse()
     assert not adaptation_flags_given(args)
-    assert adapt_config_from_args(args) == AdaptConfig()
+    assert adapt_config_from_args(args) == AdaptConfig(threads=3)
     fast = adapt_config_from_args(parse("--preset", "fast"))
-    assert fast == AdaptConfig().replace(**PRESETS["fast"])
+    assert fast == AdaptConfig(threads=3).replace(**PRESETS["fast"])
+
+
+def test_threads_default_to_the_free_cpus_shared_by_the_ranks(monkeypatch):
+    monkeypatch.setattr(distributed.os, "getloadavg", lambda: (1.2, 0.0, 0.0))
+    monkeypatch.setattr(distributed, "cpu_count", lambda: 8)
+    assert distributed.free_cpus() == 7
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert adapt_config_from_args(parse()).threads == 3
+    monkeypatch.setattr(distributed.os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+    assert distributed.free_cpus() == 1  # a busy machine: one thread
+    assert adapt_config_from_args(parse("--threads", "2")).threads == 2
 
 
 def test_flags_override_preset_and_defaults():

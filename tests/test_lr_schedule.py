@@ -110,8 +110,8 @@ def test_annealed_schedules_run_over_their_own_steps_then_stay_at_the_floor(
 def test_annealed_temperature_stays_at_its_end_value():
     from compressai_lora.adapt.sga import TAU_MIN, temperature
 
-    span = 10
-    taus = [temperature(min(t, span - 1), span) for t in range(30)]
+    span, never = 10, Deadline(None)
+    taus = [temperature(loop.schedule_done(t, 30, span, never)) for t in range(30)]
     assert taus[span - 1] == pytest.approx(TAU_MIN)
     assert taus[span:] == [taus[span - 1]] * (30 - span)
     assert all(a > b for a, b in zip(taus[: span - 1], taus[1:span]))

@@ -3,7 +3,8 @@
 With ``refine_anneal`` / ``adapt_anneal`` the schedules of a phase do not
 depend on its length, so a longer phase repeats the shorter one step for step
 and then goes on; the best checkpoint is kept, so the refined latents of more
-steps are never costlier.  Without them (the ``fast`` preset) the schedules
+steps are never costlier.  A time budget plans the schedules to end by its
+deadline instead.  Without them (the ``fast`` preset) the schedules
 stretch over the phase, and the trajectories differ from the first step.
 """
 
@@ -62,15 +63,32 @@ def test_without_annealing_spans_a_longer_phase_is_another_trajectory():
     assert short["refine"][:20] != long["refine"][:20]
 
 
-def test_a_larger_budget_continues_the_smaller_budgets_refinement():
-    budget = dict(refine_steps=100_000, adapt_steps=0, refine_anneal=30)
-    _, small_losses = _run("cheng2020-attn-lora", time_budget=0.4, **budget)
-    _, large_losses = _run("cheng2020-attn-lora", time_budget=1.6, **budget)
-    n = len(small_losses["refine"])
-    assert 0 < n < len(large_losses["refine"])
-    # the same steps, then more (the smaller budget's last, off-grid check of
-    # its latest latents is the one thing the larger one does not repeat)
-    assert large_losses["refine"][:n] == small_losses["refine"]
+def test_a_budget_plans_the_schedules_to_end_by_its_deadline(monkeypatch):
+    """A budget is a plan, not a cut: however many steps it allows, the rate
+    and the SGA temperature have annealed by the deadline."""
+    from compressai_lora.adapt import refine
+    from compressai_lora.adapt.sga import TAU_MAX, TAU_MIN
+
+    taus, rates = [], []
+    set_lr = refine.set_lr
+
+    def recording(opt, lr):
+        rates.append(lr)
+        set_lr(opt, lr)
+
+    monkeypatch.setattr(refine, "set_lr", recording)
+    prepare = refine.Refinement.prepare
+    monkeypatch.setattr(
+        refine.Refinement,
+        "prepare",
+        lambda self, t, d: (prepare(self, t, d), taus.append(self.tau)),
+    )
+    budget = dict(refine_steps=100_000, adapt_steps=0, refine_anneal=50_000)
+    _run("cheng2020-attn-lora", time_budget=1.0, **budget)
+    assert 5 < len(rates) < 100_000  # the budget stopped it
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    assert rates[-1] < 0.05 * 0.3 and taus[-1] < 2 * TAU_MIN
+    assert taus[0] == pytest.approx(TAU_MAX, rel=0.05)
 
 
 def test_spans_equal_to_the_phases_are_the_stretched_schedules():

@@ -18,9 +18,9 @@ from compressai_lora.priors import (
 
 
 def test_temperature_anneals_from_max_to_min():
-    assert temperature(0, 10) == pytest.approx(TAU_MAX)
-    assert temperature(9, 10) == pytest.approx(TAU_MIN)
-    taus = [temperature(t, 10) for t in range(10)]
+    assert temperature(0.0) == pytest.approx(TAU_MAX)
+    assert temperature(1.0) == temperature(2.0) == pytest.approx(TAU_MIN)
+    taus = [temperature(t / 9) for t in range(10)]
     assert taus == sorted(taus, reverse=True)
 
 

@@ -54,10 +54,24 @@ class Target:
     def pixels(self) -> int:
         return self.x.size(-2) * self.x.size(-1)
 
-    def loss(self, out: Tensor, bpp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``(loss, bpp, x_hat)`` of this image's decoder output ``out``."""
+    def loss(self, out: Tensor, bpp: Tensor) -> tuple[Tensor, ...]:
+        """``(loss, bpp, x_hat, x)`` of this image's decoder output ``out``."""
         x_hat = crop_to(out, self.x, self.offset).clamp(0, 1)  # as decoded
-        return self.lmbda * distortion(x_hat, self.x, self.metric) + bpp, bpp, x_hat
+        dist = self.lmbda * distortion(x_hat, self.x, self.metric)
+        return dist + bpp, bpp, x_hat, self.x
+
+    def window(self, rows: range, cols: range, origin: tuple[int, int]) -> "Target":
+        """The target of a decoder output whose first pixel is the full
+        output's ``origin``, costed on the image's own pixels among ``rows``
+        and ``cols`` of the full output."""
+        top, left = self.offset
+        r0, c0 = max(rows.start, top), max(cols.start, left)
+        r1 = min(rows.stop, top + self.x.size(-2))
+        c1 = min(cols.stop, left + self.x.size(-1))
+        if r1 <= r0 or c1 <= c0:
+            raise ValueError("the window holds none of the image's own pixels")
+        x = self.x[..., r0 - top : r1 - top, c0 - left : c1 - left]
+        return Target(x, (r0 - origin[0], c0 - origin[1]), self.lmbda, self.metric)
 
     def cost(self, c: Candidate) -> Candidate:
         """Set ``c``'s real bpp, distortion and ``J`` (all bytes, real pixels)."""

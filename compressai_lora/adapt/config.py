@@ -41,6 +41,9 @@ class Tuning:
             share of the refined latents' ``J`` above the cheapest
         form: update form of the adapters ("separable" or "full", see
             :mod:`compressai_lora.layers`)
+        update_window: side in pixels of the random window of the image
+            each update step trains on (None: the whole image); an image no
+            larger trains whole
     """
 
     refine_lr: float = 2e-2
@@ -53,6 +56,7 @@ class Tuning:
     step_search: int = 3
     step_tie: float = 1e-3
     form: str = "separable"
+    update_window: Optional[int] = None
 
     def __post_init__(self) -> None:
         _check(self.refine_lr > 0, "refine_lr", self.refine_lr, "> 0")
@@ -68,6 +72,8 @@ class Tuning:
         _check(self.step_tie >= 0, "step_tie", self.step_tie, ">= 0")
         _check(self.form in ("separable", "full"), "form", self.form,
                '"separable" or "full"')  # fmt: skip
+        window = self.update_window
+        _check(window is None or window >= 1, "update_window", window, ">= 1 or None")
 
 
 def _check(ok: bool, name: str, value: Any, want: str) -> None:

@@ -40,12 +40,14 @@ class Deadline:
     def due(self) -> bool:
         return self.end is not None and time.perf_counter() + self._longest > self.end
 
-    def fraction(self) -> float:
-        """Share of the budget used so far (0 without a budget)."""
+    def fraction(self, since: float = 0.0) -> float:
+        """Share of the budget used so far (0 without a budget); from share
+        ``since`` on, of what was left then."""
         if self.end is None:
             return 0.0
         span = self.end - self.start
-        return 1.0 if span <= 0 else min(1.0, (time.perf_counter() - self.start) / span)
+        used = 1.0 if span <= 0 else min(1.0, (time.perf_counter() - self.start) / span)
+        return 1.0 if since >= 1 else max(used - since, 0.0) / (1 - since)
 
 
 def lr_factor(schedule: str, done: float) -> float:
@@ -56,13 +58,15 @@ def lr_factor(schedule: str, done: float) -> float:
     return LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * done))
 
 
-def schedule_done(step: int, steps: int, anneal: Optional[int], deadline) -> float:
-    """How far a schedule is (0..1) at ``step``: over ``anneal`` steps
-    whatever the phase's length or budget, then at its end (a longer phase
-    continues the shorter one); None: over the phase's ``steps`` or budget."""
-    if anneal is not None:
-        return min(step / max(anneal - 1, 1), 1.0)
-    return max(step / max(steps - 1, 1), deadline.fraction())
+def schedule_done(
+    step: int, steps: int, anneal: Optional[int], deadline, since: float = 0.0
+) -> float:
+    """How far a schedule is (0..1) at ``step``: over ``anneal`` steps (None:
+    the phase's ``steps``), then at its end, so that a longer phase continues
+    a shorter one; with a budget, at least the share of it used (from share
+    ``since`` on): the schedule ends by the deadline."""
+    span = steps if anneal is None else anneal
+    return max(min(step / max(span - 1, 1), 1.0), deadline.fraction(since))
 
 
 @dataclass
@@ -110,10 +114,15 @@ def run_phase(
     """Run ``phase`` to its end, its deadline, or until no image runs; the
     number of steps done (images that stopped earlier have ``iters``).
 
+    An image's state is looked at (finite, in range) only at its checkpoints
+    (and with a ``callback``): between them nothing waits for the device.  A
+    state that went bad ends the image's phase; its best checkpoint stands.
+
     ``phase`` has ``name``, ``steps``, ``states`` (:class:`ImageState` with
     a ``target``), ``opt`` and the methods ``prepare(t, deadline)``,
-    ``losses(active)`` (each image's loss, bpp, x_hat), ``checkpoint(s)``
-    and ``finish(s, t)`` (a last look at the deadline).
+    ``losses(active)`` (each image's loss, bpp, x_hat and the pixels it is
+    compared with), ``checkpoint(s)`` and ``finish(s, t)`` (a last look at
+    the deadline).
     """
     many = len(phase.states) > 1
     t = 0
@@ -128,26 +137,23 @@ def run_phase(
         active = [s for s in phase.states if s.running]
         if not active:
             break
-        live = []
-        for s, term in zip(active, phase.losses(active)):
-            if torch.isfinite(term[0]).all():
-                live.append((s, term))
-            else:
-                s.end(phase.name, t + 1, "non-finite loss")
-        if live:
-            phase.opt.zero_grad()
-            loss = [term[0] for _, term in live]
-            (loss[0] if len(loss) == 1 else torch.stack(loss).sum()).backward()
-            phase.opt.step()
-        for s, (loss, bpp, x_hat) in live:
-            why = s.bad()
-            if why:
-                s.end(phase.name, t + 1, why)
-                continue
-            if s.checkpoint_due(t, phase.steps):
+        terms = phase.losses(active)
+        phase.opt.zero_grad()
+        loss = [term[0] for term in terms]
+        (loss[0] if len(loss) == 1 else torch.stack(loss).sum()).backward()
+        phase.opt.step()
+        for s, (loss, bpp, x_hat, x) in zip(active, terms):
+            due = s.checkpoint_due(t, phase.steps)
+            if due or callback:  # a look at the state (on a GPU: a wait)
+                why = None if torch.isfinite(loss).all() else "non-finite loss"
+                why = why or s.bad()
+                if why:
+                    s.end(phase.name, t + 1, why)
+                    continue
+            if due:
                 phase.checkpoint(s)
             if callback:
-                x, gates = s.target.x, s.open_layers()
+                gates = s.open_layers()
                 info = progress(phase.name, t, phase.steps, loss, bpp, x_hat, x, gates)
                 callback({**info, "image": s.index} if many else info)
         deadline.tick()

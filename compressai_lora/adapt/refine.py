@@ -100,9 +100,8 @@ class Refinement:
     # -- what run_phase asks ------------------------------------------------
     def prepare(self, t: int, deadline: Deadline) -> None:
         tn = self.tuning
-        span = tn.refine_anneal or self.steps
-        self.tau = temperature(min(t, span - 1), span)
         done = schedule_done(t, self.steps, tn.refine_anneal, deadline)
+        self.tau = temperature(done)
         set_lr(self.opt, tn.refine_lr * lr_factor(tn.lr_schedule, done))
 
     def checkpoint(self, s: Latents) -> None:

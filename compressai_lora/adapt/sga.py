@@ -17,10 +17,10 @@ TAU_MAX = 0.5
 TAU_MIN = 0.05
 
 
-def temperature(step: int, steps: int) -> float:
-    """Exponential annealing from ``TAU_MAX`` to ``TAU_MIN`` over ``steps``."""
-    frac = step / max(steps - 1, 1)
-    return TAU_MAX * math.exp(frac * math.log(TAU_MIN / TAU_MAX))
+def temperature(done: float) -> float:
+    """Exponential annealing from ``TAU_MAX`` to ``TAU_MIN`` as ``done`` goes
+    from 0 to 1."""
+    return TAU_MAX * math.exp(min(done, 1.0) * math.log(TAU_MIN / TAU_MAX))
 
 
 Generators = Union[None, torch.Generator, Sequence[torch.Generator]]

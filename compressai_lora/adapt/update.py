@@ -43,6 +43,11 @@ def first_adapted_block(model, paths=None) -> int:
     return len(model.g_s)
 
 
+#: latents on each side of a training window that give its output context
+#: but are left out of its loss (where the window does not meet the border)
+WINDOW_MARGIN = 1
+
+
 def _symbol_limit(step: float) -> float:
     """The largest factor value trained or sent at ``step`` (a quarter of the
     stream's symbol range: room for the update to grow)."""
@@ -75,6 +80,7 @@ class ImageUpdate(ImageState):
         self.step_J: dict[int, float] = {}  # the decision's J per step code
         self.gates_J: Optional[float] = None
         self.gates_step: Optional[int] = None
+        self.gen = torch.Generator().manual_seed(cfg.seed)  # the windows' places
 
     def set_step(self, code: int) -> None:
         """Quantize (and train) the factors on the grid of step ``code``."""
@@ -132,6 +138,20 @@ class ImageUpdate(ImageState):
         if not updates:
             return None
         return update_candidate(self.model, self.refined, updates, code, self.target)
+
+    def window(self, size: tuple[int, int], grid: tuple[int, int], px: int):
+        """A random window of ``size`` latents of the ``grid``: its first latent
+        row and column and the target of its output (the margin of
+        ``WINDOW_MARGIN`` latents inside the image left out)."""
+        place, spans = [], []
+        for n, full in zip(size, grid):
+            at = int(torch.randint(full - n + 1, (1,), generator=self.gen))
+            lo = at + (WINDOW_MARGIN if at > 0 else 0)
+            hi = at + n - (WINDOW_MARGIN if at + n < full else 0)
+            place.append(at)
+            spans.append(range(lo * px, hi * px))
+        origin = (place[0] * px, place[1] * px)
+        return place, self.target.window(*spans, origin)
 
     def cost(self, c: Optional[Candidate]) -> float:
         """Real ``J`` of an update candidate (None: the refined latents')."""
@@ -225,6 +245,13 @@ class UpdatePhase:
         self.opt = torch.optim.Adam(leaves, lr=self.tuning.adapt_lr)
         self.warmup = min(self.tuning.gate_steps, self.steps)
         self._prefix: Optional[tuple[int, Tensor]] = None
+        self.decided: Optional[tuple[int, float]] = None  # step, budget share
+        # output pixels per latent; the window each step trains on (latents)
+        grid = self.y_hat.shape[-2:]
+        self.px = refined[0].x_hat.size(-1) // grid[-1]
+        side = self.tuning.update_window
+        size = tuple(grid if side is None else (min(side // self.px, n) for n in grid))
+        self.window = None if size == tuple(grid) else size
 
     def _features(self, active: list[ImageUpdate]) -> tuple[int, Tensor]:
         """``split``, the first block ``active`` adapt, and the input of
@@ -256,6 +283,9 @@ class UpdatePhase:
     def losses(self, active: list[ImageUpdate]) -> list[tuple[Tensor, ...]]:
         """Each active image's (loss, bpp, x_hat) from one batched pass."""
         split, feat = self._features(active)
+        targets = [s.target for s in active]
+        if self.window is not None:  # a random window per image
+            feat, targets = self._windows(active, feat)
         factors = self._factors(active)
         opened = [m for p, m in self.adapters if f"{p}.B" in factors]
         for m in opened:  # the layers with trainable factors compute with them
@@ -265,18 +295,46 @@ class UpdatePhase:
         finally:
             for m in opened:
                 m.gate = False
-        return [s.target.loss(out[n : n + 1], s.bpp()) for n, s in enumerate(active)]
+        return [
+            t.loss(out[n : n + 1], s.bpp())
+            for n, (s, t) in enumerate(zip(active, targets))
+        ]
+
+    def _windows(self, active, feat: Tensor) -> tuple[Tensor, list[Target]]:
+        """Each image's features in a random window and the window's target:
+        the factors are shared by every pixel, so a window's loss is a
+        stochastic estimate of the image's whose cost does not grow with it."""
+        grid = self.y_hat.shape[-2:]
+        cell = feat.size(-1) // grid[-1]  # feature cells per latent
+        h, w = (n * cell for n in self.window)
+        crops, targets = [], []
+        for n, s in enumerate(active):
+            (r, c), target = s.window(self.window, grid, self.px)
+            crops.append(
+                feat[n : n + 1, :, r * cell : r * cell + h, c * cell : c * cell + w]
+            )
+            targets.append(target)
+        return torch.cat(crops), targets
 
     # -- what run_phase asks ------------------------------------------------
     def prepare(self, t: int, deadline: Deadline) -> None:
-        for s in self.states:
-            if s.running and not s.ready and t == s.start:
-                s.decide(t)  # the gates, on real coded costs
-                if not s.open:
-                    s.stop(t + 1)
-        if t >= self.warmup:  # the warm-up trains at the full rate
-            tn, w = self.tuning, self.warmup
-            done = schedule_done(t - w, self.steps - w, tn.adapt_anneal, deadline)
+        # the warm-up ends after its steps or, with a budget, its share of it
+        if self.decided is None and (
+            t >= self.warmup or deadline.fraction() >= self.warmup / self.steps
+        ):
+            self.decided = t, deadline.fraction()
+            for s in self.states:
+                if s.running and not s.ready:
+                    why = s.bad()  # the warm-up's factors are looked at here
+                    if why:
+                        s.end(self.name, t, why)
+                        continue
+                    s.decide(t)  # the gates, on real coded costs
+                    if not s.open:
+                        s.stop(t + 1)
+        if self.decided is not None:  # the warm-up trains at the full rate
+            (t0, f0), tn = self.decided, self.tuning
+            done = schedule_done(t - t0, self.steps - t0, tn.adapt_anneal, deadline, f0)
             set_lr(self.opt, tn.adapt_lr * lr_factor(tn.lr_schedule, done))
 
     def checkpoint(self, s: ImageUpdate) -> None:

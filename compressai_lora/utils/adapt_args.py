@@ -15,6 +15,7 @@ from typing import Any
 from ..adapt.config import LR_SCHEDULES, PRESETS, AdaptConfig
 from ..host import ArgumentGroup
 from ..layers import UPDATE_FORMS
+from . import distributed
 
 __all__ = ["add_adaptation_args", "adapt_config_from_args", "adaptation_flags_given"]
 
@@ -114,7 +115,8 @@ def add_adaptation_args(parser: argparse.ArgumentParser) -> ArgumentGroup:
         "--threads",
         type=int,
         metavar="T",
-        help="torch threads while adapting (default: torch's current setting)",
+        help="torch threads while adapting (default: the CPUs free when it "
+        "starts, shared by the ranks of a node; the bytes depend on it)",
     )
     return g
 
@@ -149,4 +151,6 @@ def adapt_config_from_args(args: argparse.Namespace, **defaults: Any) -> AdaptCo
         changes["adapt_anneal"] = adapt or None
     if getattr(args, "no_adapt", False):
         changes["enabled"] = False
+    if changes.get("threads") is None:  # the host's timing keeps one thread
+        changes["threads"] = distributed.rank_share(distributed.free_cpus())
     return AdaptConfig.preset(getattr(args, "preset", None) or "default", **changes)
