@@ -56,7 +56,7 @@ class Tuning:
     step_search: int = 3
     step_tie: float = 1e-3
     form: str = "separable"
-    update_window: Optional[int] = None
+    update_window: Optional[int] = 256
 
     def __post_init__(self) -> None:
         _check(self.refine_lr > 0, "refine_lr", self.refine_lr, "> 0")
@@ -100,10 +100,12 @@ class AdaptConfig:
             the bytes depend on it
         batch_size: most images adapted together; each image's result is its
             unbatched one up to float rounding
-        time_budget: seconds for both phases together (None: no limit): the
-            phases split it in proportion to their steps and stop before a
-            step that would overrun it; machine-dependent, so no promise of
-            the same bytes
+        time_budget: seconds for both phases together (None: no limit): a
+            plan, not a cut: the phases split it in proportion to their
+            steps, each one's schedules (rate, SGA temperature, the gate
+            decision at its share of the update) end by its deadline, and a
+            phase stops before a step that would overrun it; machine-
+            dependent, so no promise of the same bytes
         callback: called with a dict (phase, step, loss, bpp, psnr, gates)
             after every step, e.g. to drive a progress bar
         tuning: the method's constants (:class:`Tuning`)

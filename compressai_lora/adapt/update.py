@@ -12,9 +12,13 @@ decoder sees (the refined candidate's), with its bits in the loss.
 3. The open layers train on, the lowest real ``J`` of the checkpoints is
    kept, and a greedy pass on real costs closes the layers that no longer pay.
 
-Only ``g_s`` runs, from the first block an image adapts.  The factors reach
-the adapters through ``torch.func.functional_call``: one image's as they are
-(the kernel update ``decompress`` merges), a batch's stacked per image.
+Only ``g_s`` runs, from the first block an image adapts; on an image larger
+than ``update_window`` each step trains on a random window of it (the
+factors are shared by every pixel), so a step's cost does not grow with the
+image, while every checkpoint and decision costs the whole image for real.
+The factors reach the adapters through ``torch.func.functional_call``: one
+image's as they are (the kernel update ``decompress`` merges), a batch's
+stacked per image.
 """
 
 from __future__ import annotations
@@ -281,7 +285,7 @@ class UpdatePhase:
         return out
 
     def losses(self, active: list[ImageUpdate]) -> list[tuple[Tensor, ...]]:
-        """Each active image's (loss, bpp, x_hat) from one batched pass."""
+        """Each active image's (loss, bpp, x_hat, x) from one batched pass."""
         split, feat = self._features(active)
         targets = [s.target for s in active]
         if self.window is not None:  # a random window per image
