@@ -115,8 +115,8 @@ def add_adaptation_args(parser: argparse.ArgumentParser) -> ArgumentGroup:
         "--threads",
         type=int,
         metavar="T",
-        help="torch threads while adapting (default: the CPUs free when it "
-        "starts, shared by the ranks of a node; the bytes depend on it)",
+        help="torch threads while adapting (default: the CPUs this process may "
+        "run on, shared by the ranks of a node; the bytes depend on it)",
     )
     return g
 
@@ -151,6 +151,6 @@ def adapt_config_from_args(args: argparse.Namespace, **defaults: Any) -> AdaptCo
         changes["adapt_anneal"] = adapt or None
     if getattr(args, "no_adapt", False):
         changes["enabled"] = False
-    if changes.get("threads") is None:  # the host's timing keeps one thread
-        changes["threads"] = distributed.rank_share(distributed.free_cpus())
+    if changes.get("threads") is None:  # the host's own work keeps one thread
+        changes["threads"] = distributed.rank_share(distributed.cpu_count())
     return AdaptConfig.preset(getattr(args, "preset", None) or "default", **changes)

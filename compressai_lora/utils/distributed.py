@@ -32,7 +32,6 @@ __all__ = [
     "is_main_process",
     "rank_share",
     "join",
-    "free_cpus",
     "rank_threads",
     "world_from_env",
 ]
@@ -110,16 +109,6 @@ def cpu_count() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1
-
-
-def free_cpus() -> int:
-    """CPUs of :func:`cpu_count` not busy now (the last minute's load
-    average, where the OS tells), at least 1."""
-    try:
-        busy = round(os.getloadavg()[0])
-    except (AttributeError, OSError):
-        busy = 0
-    return max(1, cpu_count() - busy)
 
 
 def rank_threads(
