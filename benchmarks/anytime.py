@@ -115,7 +115,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--lmbda", type=float, default=0.0067)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=1, help="processes at a time")
-    p.add_argument("--skip-this", action="store_true", help="run main's jobs only")
+    p.add_argument("--only", choices=CODES, help="run this code's jobs alone")
     p.add_argument("--cached-only", action="store_true", help="tabulate the cache")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
@@ -135,8 +135,8 @@ def main(argv: list[str]) -> None:
         for code in runs:
             runs[code].append((preset, preset, None))
     codes = {"this": sc.ROOT, "main": args.main.resolve()}
-    if args.skip_this:
-        del runs["this"]
+    if args.only:
+        runs = {args.only: runs[args.only]}
     jobs = []
     for code, items in runs.items():
         for img in images:
