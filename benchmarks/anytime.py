@@ -39,13 +39,27 @@ def _mean(cells: list[dict], f) -> float:
     return sum(f(c) for c in cells) / len(cells)
 
 
+def _versus(this: list[dict], main: list[dict]) -> str:
+    """Mean gain and seconds of both, whether this reaches main, on how many
+    images (table cells)."""
+    g = [_mean(c, gain) for c in (this, main)]
+    t = [_mean(c, lambda c: c["seconds"]) for c in (this, main)]
+    stop = sum(c["stopped"] for c in main)
+    wins = sum(gain(a) <= gain(b) for a, b in zip(this, main))
+    return (
+        f"{g[0]:+.2f}% ({t[0]:.0f} s) | {g[1]:+.2f}% ({t[1]:.0f} s, {stop} stopped "
+        f"by the budget) | {'yes' if g[0] <= g[1] else 'no'} | {wins}/{len(this)}"
+    )
+
+
 def table(results: dict, images: list[Path], args) -> str:
     """The anytime table, the presets' line and the per-image figures."""
     lines = [
         f"mean real J vs base over {len(images)} images "
         f"(seconds: mean encode time per image)\n",
-        f"| budget B | this @ B | main @ {args.factor:g}B | this >= main |",
-        "|---|---|---|---|",
+        f"| budget B | this @ B | main @ {args.factor:g}B | this >= main "
+        "| images this >= main |",
+        "|---|---|---|---|---|",
     ]
     for b in args.budgets:
         this = [results.get(("this", i, f"{args.preset}@{b:g}")) for i in images]
@@ -54,15 +68,16 @@ def table(results: dict, images: list[Path], args) -> str:
             for i in images
         ]
         if None in this or None in main:
-            lines.append(f"| {b:g} s | - | - | - |")
+            lines.append(f"| {b:g} s | - | - | - | - |")
             continue
-        g = [_mean(c, gain) for c in (this, main)]
-        t = [_mean(c, lambda c: c["seconds"]) for c in (this, main)]
-        stop = sum(c["stopped"] for c in main)
-        lines.append(
-            f"| {b:g} s | {g[0]:+.2f}% ({t[0]:.0f} s) | {g[1]:+.2f}% ({t[1]:.0f} s"
-            f", {stop} stopped by the budget) | {'yes' if g[0] <= g[1] else 'no'} |"
-        )
+        lines.append(f"| {b:g} s | " + _versus(this, main) + " |")
+    same = [  # budgets both codes ran: the plan against main's cut
+        n for n in sorted({k[2] for k in results if k[0] == "this"}, key=_order)
+        if all(results.get((c, i, n)) for c in CODES for i in images)
+    ]  # fmt: skip
+    for n in same:
+        this, main = ([results[c, i, n] for i in images] for c in CODES)
+        lines.append(f"\nthe same budget, `{n}`: this / main | {_versus(this, main)}")
     for preset in args.presets:
         cells = [[results.get((c, i, preset)) for i in images] for c in CODES]
         if any(None in c for c in cells):

@@ -67,7 +67,9 @@ base, _ = code(AdaptConfig(enabled=False, lmbda=args["lmbda"]))
 J, seconds = code(AdaptConfig.preset(args["preset"], lmbda=args["lmbda"], threads=1))
 print(json.dumps({"pixels": h * w, "size": f"{w}x{h}", "seconds": seconds,
     "gain": 100 * (J / base - 1), "peak_bytes": rss() - before,
-    "budget_bytes_per_pixel": bytes_per_pixel(model.g_a[0].out_channels, True)}))
+    "budget_bytes_per_pixel": bytes_per_pixel(
+        next(m for m in model.g_a.modules() if hasattr(m, "out_channels")).out_channels,
+        True)}))
 """
 
 

@@ -43,7 +43,8 @@ class Tuning:
             :mod:`compressai_lora.layers`)
         update_window: side in pixels of the random window of the image
             each update step trains on (None: the whole image); an image no
-            larger trains whole
+            larger trains whole.  Opt-in: 256 holds the time per pixel of
+            larger images but costs gain at ``fast`` (docs/RESULTS.md)
     """
 
     refine_lr: float = 2e-2
@@ -56,7 +57,7 @@ class Tuning:
     step_search: int = 3
     step_tie: float = 1e-3
     form: str = "separable"
-    update_window: Optional[int] = 256
+    update_window: Optional[int] = None
 
     def __post_init__(self) -> None:
         _check(self.refine_lr > 0, "refine_lr", self.refine_lr, "> 0")
