@@ -117,6 +117,18 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_adaptation_thread():
+    """The tools adapt with the process's CPUs unless ``--threads`` says
+    otherwise; in the tests' process one thread (see ``one_thread``)."""
+    from compressai_lora.utils import adapt_args
+
+    real = adapt_args.default_threads
+    adapt_args.default_threads = lambda: 1
+    yield
+    adapt_args.default_threads = real
+
+
 @pytest.fixture(params=LORA_NAMES)
 def name(request) -> str:
     """A registered ``-lora`` name."""

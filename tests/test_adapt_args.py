@@ -5,12 +5,14 @@ import argparse
 import pytest
 
 from compressai_lora.adapt import PRESETS, AdaptConfig, Tuning
-from compressai_lora.utils import distributed
+from compressai_lora.utils import adapt_args, distributed
 from compressai_lora.utils.adapt_args import (
     adapt_config_from_args,
     adaptation_flags_given,
     add_adaptation_args,
 )
+
+DEFAULT_THREADS = adapt_args.default_threads  # conftest sets one thread
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -20,6 +22,7 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_defaults_are_the_presets(monkeypatch):
+    monkeypatch.setattr(adapt_args, "default_threads", DEFAULT_THREADS)
     monkeypatch.setattr(distributed, "cpu_count", lambda: 3)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     args = parse()
@@ -32,6 +35,7 @@ def test_defaults_are_the_presets(monkeypatch):
 def test_threads_default_to_the_cpus_shared_by_the_ranks(monkeypatch):
     """Not the free CPUs of the moment: the same command on the same machine
     keeps its thread count, so its bytes (and a resumed run's) stay."""
+    monkeypatch.setattr(adapt_args, "default_threads", DEFAULT_THREADS)
     monkeypatch.setattr(distributed, "cpu_count", lambda: 8)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert adapt_config_from_args(parse()).threads == 4

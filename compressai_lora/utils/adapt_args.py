@@ -17,7 +17,12 @@ from ..host import ArgumentGroup
 from ..layers import UPDATE_FORMS
 from . import distributed
 
-__all__ = ["add_adaptation_args", "adapt_config_from_args", "adaptation_flags_given"]
+__all__ = [
+    "add_adaptation_args",
+    "adapt_config_from_args",
+    "adaptation_flags_given",
+    "default_threads",
+]
 
 #: flag dest -> AdaptConfig field (flags left at None keep the preset's value)
 _FIELDS = {
@@ -130,6 +135,12 @@ def adaptation_flags_given(args: argparse.Namespace) -> bool:
     )
 
 
+def default_threads() -> int:
+    """The adaptation's threads when ``--threads`` is not given: the CPUs this
+    process may run on, shared by the node's torchrun ranks."""
+    return distributed.rank_share(distributed.cpu_count())
+
+
 def adapt_config_from_args(args: argparse.Namespace, **defaults: Any) -> AdaptConfig:
     """AdaptConfig from the preset, then ``defaults``, then the flags given.
 
@@ -152,5 +163,5 @@ def adapt_config_from_args(args: argparse.Namespace, **defaults: Any) -> AdaptCo
     if getattr(args, "no_adapt", False):
         changes["enabled"] = False
     if changes.get("threads") is None:  # the host's own work keeps one thread
-        changes["threads"] = distributed.rank_share(distributed.cpu_count())
+        changes["threads"] = default_threads()
     return AdaptConfig.preset(getattr(args, "preset", None) or "default", **changes)
