@@ -30,8 +30,6 @@ from compressai_lora.utils.codec.__main__ import build_model
 WEIGHTS = Path(__file__).resolve().parents[2] / "shared/weights"
 #: (label, function name, file name ends with): cumulative time of each
 PARTS = [
-    ("refinement phase", "", "", 0),
-    ("update phase", "", "", 1),
     ("real coding: latent candidates", "latent_candidate", "candidates.py"),
     ("real coding: update candidates", "update_candidate", "candidates.py"),
     ("real coding: decoder context", "decoder_context", "latents.py"),
@@ -69,14 +67,18 @@ def main(argv: list[str]) -> None:
     st = model.last_adaptation
     print(f"{args.image.name}, {args.preset}, budget {args.budget}: {wall:.1f} s wall")
     print(f"steps: refinement {st.get('refine_iters')}, update {st.get('adapt_iters')}")
-    for label, name, where, *nth in PARTS:
-        if nth:  # the two phases from the engine's own clocks
-            sec = st["refine_time"] if nth[0] == 0 else st["adapt_time"]
-        else:
-            sec = sum(
-                v[3] for (f, _, n), v in stats.items() if f.endswith(where) and
-                (n == name or (f == "~" and name in n))
-            )  # fmt: skip
+    # the phases from the engine's own clocks, the parts from the profile
+    rows = [
+        ("refinement phase", st["refine_time"]),
+        ("update phase", st["adapt_time"]),
+    ]
+    for label, name, where in PARTS:
+        sec = sum(
+            v[3] for (f, _, n), v in stats.items() if f.endswith(where) and
+            (n == name or (f == "~" and name in n))
+        )  # fmt: skip
+        rows.append((label, sec))
+    for label, sec in rows:
         print(f"  {label}: {sec:.1f} s ({100 * sec / wall:.0f}%)")
 
 

@@ -12,10 +12,11 @@ decoder sees (the refined candidate's), with its bits in the loss.
 3. The open layers train on, the lowest real ``J`` of the checkpoints is
    kept, and a greedy pass on real costs closes the layers that no longer pay.
 
-Only ``g_s`` runs, from the first block an image adapts; on an image larger
-than ``update_window`` each step trains on a random window of it (the
-factors are shared by every pixel), so a step's cost does not grow with the
-image, while every checkpoint and decision costs the whole image for real.
+Only ``g_s`` runs, from the first block an image adapts.  With
+``Tuning.update_window`` set (opt-in), each step on a larger image trains on
+a random window of it (the factors are shared by every pixel), so a step's
+cost does not grow with the image; every checkpoint and decision still costs
+the whole image for real.
 The factors reach the adapters through ``torch.func.functional_call``: one
 image's as they are (the kernel update ``decompress`` merges), a batch's
 stacked per image.
