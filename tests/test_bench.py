@@ -645,3 +645,84 @@ def test_one_architecture_keeps_its_layout(tiny, capsys, no_render):
     assert results["domains"]["kodak"]["plot"] == "rd-kodak.png"
     assert list(results["domains"]["kodak"]["bd_vs_anchors"]) == ["jpeg"]
     assert results["rate_points"][0] == "bmshj2018-factorized-N8-q1"
+
+
+def test_one_records_file_resumes_the_run_elsewhere(
+    tiny, capsys, monkeypatch, no_render
+):
+    """records.jsonl alone (the per-job files gone) resumes the run without
+    coding anything again, to the same results; a broken line is refused."""
+    import shutil
+
+    from compressai_lora.utils.bench import anchors as anchor_codecs
+    from compressai_lora.utils.eval_model.shard import Shard
+
+    root, argv = tiny
+    out, moved = root / "records-a", root / "records-b"
+    run = [*argv, "-a", ARCHS[0], "--anchors", "jpeg"]
+    bench.main([*run, "-o", str(out)])
+    md = capsys.readouterr().out
+    lines = (out / "records.jsonl").read_text().splitlines()
+    files = sorted(
+        p.relative_to(out).as_posix()
+        for p in out.rglob("*.json")
+        if p.parent != out and p.parts[-3:-1] != ("images", "kodak")
+    )
+    assert [json.loads(x)["file"] for x in lines] == files
+    assert any(f.endswith("-jpeg.json") for f in files)  # the anchors' too
+    assert sum(f.startswith("kodak/k-") for f in files) == 8  # 4 rates x 2
+    # the process's peak after each adapted image, in its per-image file
+    host = ARCHS[0][: -len("-lora")]
+    ours = json.loads((out / "kodak" / f"k-{host}-N8-q1-ans.json").read_text())
+    assert ours["peak_rss_bytes"] > 2**20
+    assert "| peak memory |" in md and " B/px) |" in md
+    moved.mkdir()
+    shutil.copy(out / "records.jsonl", moved / "records.jsonl")
+
+    def refuse(*args):
+        raise AssertionError("coded again")
+
+    monkeypatch.setattr(anchor_codecs, "code_image", refuse)
+    monkeypatch.setattr(Shard, "computing", refuse)
+    bench.main([*run, "-o", str(moved)])
+    assert capsys.readouterr().out == md
+    assert (moved / "records.jsonl").read_text() == (out / "records.jsonl").read_text()
+    (moved / "records.jsonl").write_text(lines[0] + "\n{not json\n")
+    with pytest.raises(SystemExit) as exc:
+        bench.main([*run, "-o", str(moved), "--report-only"])
+    assert exc.value.code == 1
+    assert "records.jsonl line 2 is not a record" in capsys.readouterr().err
+    assert (moved / "records.jsonl").read_text() == lines[0] + "\n{not json\n"
+
+
+def test_images_per_domain_and_skip(tmp_path):
+    from compressai_lora.utils.bench.subset import counts
+
+    assert counts(["2", "kodak=4"], ["kodak", "pixel"]) == {"kodak": 4, "pixel": 2}
+    assert counts(["kodak=3"], ["kodak", "line"]) == {"kodak": 3, "line": 1}
+    assert counts(3, ["line"]) == {"line": 3}
+    for bad, why in (("moon=2", "unknown domain 'moon'"), ("0", "N >= 1"),
+                     ("kodak=x", "N >= 1")):  # fmt: skip
+        with pytest.raises(BenchError, match=why):
+            counts([bad], ["kodak"])
+    data = tmp_path / "data"
+    for i, name in enumerate("abcd"):
+        _save_image(data / "ood" / "pixel" / f"{name}.png", 40, 40, i)
+    _save_image(data / "kodak" / "k1.png", 40, 40, 5)
+    args = bench.setup_args().parse_args(
+        [
+            "--data",
+            str(data),
+            "-o",
+            str(tmp_path / "out"),
+            "--skip",
+            "1",
+            "--images-per-domain",
+            "2",
+            "kodak=1",
+        ]  # fmt: skip
+    )
+    with pytest.raises(BenchError, match="no images in .*kodak after the first 1"):
+        bench.plan_subset(args, ["pixel", "kodak"])
+    subset = bench.plan_subset(args, ["pixel"])
+    assert [e["source"] for e in subset["pixel"]] == ["b.png", "c.png"]

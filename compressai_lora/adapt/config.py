@@ -167,11 +167,19 @@ class AdaptConfig:
 
 #: default: AdaptConfig's own settings (400 + 350 steps); paper: the paper's
 #: 2000 + 2000 steps as the default continued (same rates and spans, so its
-#: first 400 + 350 steps are the default's); fast: 20 + 30 steps, schedules
-#: over its own steps, for previews and tests.
+#: first 400 + 350 steps are the default's); medium: 100 + 150 steps, schedules
+#: over its own steps (whole images, docs/RESULTS.md); fast: 20 + 30 steps,
+#: schedules over its own steps, for previews and tests.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "paper": {"refine_steps": 2000, "adapt_steps": 2000},
+    "medium": {
+        "refine_steps": 100,
+        "adapt_steps": 150,
+        "refine_anneal": None,
+        "adapt_anneal": None,
+        "gate_steps": 40,
+    },
     "fast": {
         "refine_steps": 20,
         "adapt_steps": 30,

@@ -34,10 +34,12 @@ architecture eval_model's files are in ``<domain>/`` (the layout of earlier
 runs); with several in ``<arch>/<domain>/``, each architecture's plots in
 ``<arch>/``, and ``results.md`` starts with a summary across architectures.
 Anchor results are cached in ``anchors/<domain>/``.  Rerunning the same
-command resumes from the per-image files.
+command resumes from the per-image files, and ``records.jsonl`` holds them
+all in one file (``store``): with it alone the command resumes elsewhere.
 
 Parts: ``args`` (command line), ``weights`` (checkpoints per architecture),
-``subset`` (images, crops, manifest), ``evaluation`` (eval_model
+``subset`` (images, crops, manifest), ``store`` (the per-job files in one),
+``evaluation`` (eval_model
 in-process), ``records`` (per-image results), ``aggregate`` (RD points,
 BD-rates, summary), ``anchors`` (classical codecs, cached per image),
 ``compare`` (anchor curves, BD vs anchors, across architectures),
@@ -75,7 +77,15 @@ from .evaluation import eval_argv, run_eval_model
 from .plots import plot_combined, plot_domain
 from .records import find_per_image, load_records
 from .report import markdown
-from .subset import DOMAINS, check_manifest, plan_subset, prepare_subset, write_subset
+from .store import pack, unpack
+from .subset import (
+    DOMAINS,
+    check_manifest,
+    counts,
+    plan_subset,
+    prepare_subset,
+    write_subset,
+)
 from .weights import LORA_SUFFIX, checkpoint_name, parse_qualities, weight_paths
 
 __all__ = [
@@ -96,7 +106,8 @@ __all__ = [
 ]
 
 _INTERRUPTED = (
-    "\nInterrupted. Per-image results are kept: rerun the same command to resume."
+    "\nInterrupted. Per-image results are kept (and in records.jsonl): rerun the "
+    "same command to resume."
 )
 
 
@@ -121,6 +132,7 @@ def _header(
             "adapt_steps": args.adapt_steps,
             "seed": args.seed,
             "images_per_domain": manifest["images_per_domain"],
+            "skip": args.skip,
             "crop": manifest["crop"],
             "data": str(args.data),
         }
@@ -164,6 +176,9 @@ def _run_domain(
             failed[domain] = str(err)
             print(f"Error: {domain}: {err}", file=sys.stderr)
             return None
+        finally:
+            if is_main_process():
+                pack(args.output)
     wall = time.perf_counter() - t0
     rate_points, problems = load_records(out, entries, weights, arch)
     if not any(rate_points):
@@ -284,7 +299,9 @@ def _run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
     args.output.mkdir(parents=True, exist_ok=True)
     subset = plan_subset(args, domains)
     manifest = {
-        "images_per_domain": None if args.full else args.images_per_domain,
+        "images_per_domain": None
+        if args.full
+        else counts(args.images_per_domain, domains),
         "crop": 0 if args.full else args.crop,
         "domains": subset,
     }
@@ -292,6 +309,8 @@ def _run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
     check_manifest(args.output / "subset.json", manifest, args.overwrite, write)
     if write:
         write_subset(args.data, args.output / "images", subset)
+    if not args.overwrite:  # every rank: same files, each written atomically
+        unpack(args.output)
     results = _header(args, argv, weights, manifest)
     anchors, anchors_failed = _anchors(args, subset)
     if anchors is not None:
@@ -316,6 +335,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
         results["cross"] = cross_summary(results["architectures"])
         results["plots"] = _plot_combined(args.output, results, anchors)
     if is_main_process():  # under torchrun every rank has the results; one writes
+        pack(args.output)
         write_json(args.output / "results.json", results)
         write_bytes(args.output / "results.md", markdown(results).encode())
     return results
@@ -334,6 +354,8 @@ def main(argv: list[str]) -> None:
         print(f"Error: {error_line(err)}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
+        if is_main_process() and (args.output / "subset.json").is_file():
+            pack(args.output)
         print(_INTERRUPTED, file=sys.stderr)
         raise SystemExit(130) from None
     finally:

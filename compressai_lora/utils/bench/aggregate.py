@@ -201,6 +201,13 @@ def aggregate_domain(rate_points: Sequence[Sequence[dict[str, Any]]]) -> dict[st
     )
     shares = [row["update_share"] for row in rows]
     out["update_share"] = _mean(shares)
+    # the process's peak after each image bounds that image's peak
+    peaks = [r.get("peak_rss_bytes") for recs in rate_points for r in recs]
+    peaks = [p for p in peaks if isinstance(p, (int, float))]
+    out["peak_rss_bytes"] = max(peaks) if peaks else None
+    out["max_pixels"] = max(
+        (r.get("pixels") or 0 for recs in rate_points for r in recs), default=0
+    )
     return out
 
 

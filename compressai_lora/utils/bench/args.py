@@ -58,10 +58,19 @@ def setup_args() -> argparse.ArgumentParser:
     )
     data.add_argument(
         "--images-per-domain",
+        nargs="+",
+        default=["1"],
+        metavar="N|DOMAIN=N",
+        help="the first N image files of each domain, in sorted order; DOMAIN=N "
+        "for one domain, e.g. 2 kodak=4 (default 1)",
+    )
+    data.add_argument(
+        "--skip",
         type=int,
-        default=1,
-        metavar="N",
-        help="the first N image files of each domain, in sorted order (default 1)",
+        default=0,
+        metavar="K",
+        help="leave out the first K files of each domain, e.g. 2: those the dev "
+        "crops come from (default 0)",
     )
     data.add_argument(
         "--crop",
@@ -71,7 +80,7 @@ def setup_args() -> argparse.ArgumentParser:
         help="centre crop to S x S pixels (smaller sides are kept); 0: full image "
         "(default 256)",
     )
-    full = "every image of each domain, full size (overrides the two above)"
+    full = "every image of each domain, full size (overrides N and --crop)"
     data.add_argument("--full", action="store_true", help=full)
     model = parser.add_argument_group("Codec")
     model.add_argument(

@@ -50,7 +50,8 @@ def load_records(
     arch: str,
 ) -> tuple[list[list[dict[str, Any]]], list[str]]:
     """Per rate point, per image: ``{"stats", "results", "base_results",
-    "pixels"}``; plus a list of problems (missing files or statistics)."""
+    "pixels", "peak_rss_bytes"}``; plus a list of problems (missing files or
+    statistics)."""
     rate_points: list[list[dict[str, Any]]] = []
     problems: list[str] = []
     for w in weights:
@@ -79,6 +80,7 @@ def load_records(
                     "results": ours.get("results", {}),
                     "base_results": (base or {}).get("results"),
                     "pixels": h * w_,
+                    "peak_rss_bytes": ours.get("peak_rss_bytes"),
                 }
             )
         rate_points.append(records)

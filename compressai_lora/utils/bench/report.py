@@ -135,6 +135,14 @@ def _anchor_notes(anchors: dict[str, Any]) -> list[str]:
     return notes
 
 
+def _peak(d: dict[str, Any]) -> str:
+    """Peak resident memory: MB, and bytes per pixel of the largest image."""
+    peak, pixels = d.get("peak_rss_bytes"), d.get("max_pixels")
+    if not peak or not pixels:
+        return "-"
+    return f"{peak / 2**20:.0f} MB ({peak / pixels:.0f} B/px)"
+
+
 def _arch_markdown(
     results: dict[str, Any],
     anchors: Optional[dict[str, Any]],
@@ -146,8 +154,8 @@ def _arch_markdown(
         "| domain | images | BD-rate refine-only | BD-rate full "
         "| BD-PSNR refine-only / full | update share "
         "| sent (base/refined/update) | encode s/img (base / ours) "
-        "| decode s/img (base / ours) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| decode s/img (base / ours) | peak memory |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, d in domains.items():
         bd = d["bd_rate"]
@@ -162,7 +170,8 @@ def _arch_markdown(
             f"| {_f(None if d['update_share'] is None else 100 * d['update_share'], '.1f')}% "  # noqa: E501
             f"| {ch.get('base', 0)}/{ch.get('refined', 0)}/{ch.get('update', 0)} "
             f"| {_f(t.get('base_encode'), '.2f')} / {_f(t.get('encode'), '.2f')} "
-            f"| {_f(t.get('base_decode'), '.2f')} / {_f(t.get('decode'), '.2f')} |"
+            f"| {_f(t.get('base_decode'), '.2f')} / {_f(t.get('decode'), '.2f')} "
+            f"| {_peak(d)} |"
         )
     s = results["summary"]
     undefined = [
@@ -186,7 +195,9 @@ def _arch_markdown(
         "all bits, averaged over rate points. Sent: candidate chosen, counted over "
         "images x rate points. J = bpp + lambda * 255^2 * MSE, averaged over "
         "images (the cost the encoder minimizes; never-worse means J full <= J "
-        "refine <= J base per image).",
+        "refine <= J base per image). Peak memory: the largest resident size of "
+        "an encoding process after this domain's images (model and earlier images "
+        "included), per pixel of the domain's largest image.",
         "",
         "Mean over the out-of-domain domains where both methods have a value "
         f"(BD-rate: {len(s.get('paired_domains_bd_rate', []))} domains, "

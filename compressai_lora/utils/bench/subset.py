@@ -1,4 +1,5 @@
-"""The benchmark's images: the first files of each domain, centre-cropped.
+"""The benchmark's images: the first files of each domain (after ``--skip``),
+centre-cropped.
 
 The crops are written as 8-bit RGB PNG to a work directory (16-bit sources
 are scaled, not clipped), and ``subset.json`` records which sources, boxes and
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 from ..files import write_atomic, write_json
 from ..images import ImageError, image_files, png_writer, read_image
@@ -20,6 +21,7 @@ __all__ = [
     "DOMAINS",
     "Subset",
     "check_manifest",
+    "counts",
     "crop_box",
     "domain_dir",
     "plan_subset",
@@ -40,14 +42,44 @@ def domain_dir(root: Path, domain: str) -> Path:
     return root / domain if domain == "kodak" else root / "ood" / domain
 
 
-def select_images(folder: Path, n: Optional[int]) -> list[Path]:
-    """Image files of ``folder`` in sorted order (the first ``n``; all if None)."""
+def select_images(folder: Path, n: Optional[int], skip: int = 0) -> list[Path]:
+    """Image files of ``folder`` in sorted order: the ``n`` after the first
+    ``skip`` (all after them if ``n`` is None)."""
     if not folder.is_dir():
         raise BenchError(f"domain folder not found: {folder}")
-    files = image_files(folder, recursive=False)
+    files = image_files(folder, recursive=False)[skip:]
     if not files:
-        raise BenchError(f"no images in {folder}")
+        raise BenchError(
+            f"no images in {folder}" + (f" after the first {skip}" if skip else "")
+        )
     return files if n is None else files[:n]
+
+
+def counts(spec: Union[int, Sequence[str]], domains: Sequence[str]) -> dict[str, int]:
+    """Images per domain from ``--images-per-domain``: ``N`` for every domain,
+    then ``DOMAIN=N`` items for single ones (``["2", "kodak=4"]``).
+
+    Raises:
+        BenchError: an item is not ``N`` or ``DOMAIN=N`` with a known domain
+            and N >= 1.
+    """
+    items = [str(spec)] if isinstance(spec, int) else list(spec)
+    out = {d: 1 for d in domains}
+    for item in items:
+        name, _, value = item.rpartition("=")
+        if name and name not in DOMAINS:
+            raise BenchError(
+                f"--images-per-domain {item}: unknown domain {name!r}, choose "
+                f"from {', '.join(DOMAINS)}"
+            )
+        if not value.isdigit() or int(value) < 1:
+            raise BenchError(
+                f"--images-per-domain {item}: give N or DOMAIN=N with N >= 1"
+            )
+        for d in [name] if name else domains:
+            if d in out:
+                out[d] = int(value)
+    return out
 
 
 def crop_box(w: int, h: int, size: int) -> tuple[int, int, int, int]:
@@ -66,16 +98,18 @@ def plan_subset(args: argparse.Namespace, domains: Sequence[str]) -> Subset:
     """
     from PIL import Image
 
-    n = None if args.full else args.images_per_domain
+    n = None if args.full else counts(args.images_per_domain, domains)
     crop = 0 if args.full else args.crop
-    if n is not None and n < 1:
-        raise BenchError("--images-per-domain must be at least 1")
+    skip = getattr(args, "skip", 0)
     if crop < 0:
         raise BenchError("--crop must be >= 0")
+    if skip < 0:
+        raise BenchError("--skip must be >= 0")
     subset: Subset = {}
     for domain in domains:
         entries = []
-        for src in select_images(domain_dir(args.data, domain), n):
+        folder = domain_dir(args.data, domain)
+        for src in select_images(folder, None if n is None else n[domain], skip):
             with Image.open(src) as img:
                 box = crop_box(*img.size, crop)
             entries.append(

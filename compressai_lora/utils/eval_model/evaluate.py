@@ -10,6 +10,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
 
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None  # type: ignore[assignment]
+
 import torch
 from compressai.ops import compute_padding
 from torch import Tensor
@@ -266,6 +271,9 @@ def _write_result(
     if job.settings is not None:
         output["settings"] = job.settings
         output["adaptation"] = jsonable(stats)
+        if resource is not None:  # the process's peak so far: bounds this image's
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            output["peak_rss_bytes"] = peak * (1 if sys.platform == "darwin" else 1024)
     try:
         write_json(path, output)
     except OSError as err:
