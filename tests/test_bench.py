@@ -675,7 +675,7 @@ def test_one_records_file_resumes_the_run_elsewhere(
     host = ARCHS[0][: -len("-lora")]
     ours = json.loads((out / "kodak" / f"k-{host}-N8-q1-ans.json").read_text())
     assert ours["peak_rss_bytes"] > 2**20
-    assert "| peak memory |" in md and " B/px) |" in md
+    assert "| peak memory |" in md and " MB (0.00 MP) |" in md
     moved.mkdir()
     shutil.copy(out / "records.jsonl", moved / "records.jsonl")
 
@@ -726,3 +726,26 @@ def test_images_per_domain_and_skip(tmp_path):
         bench.plan_subset(args, ["pixel", "kodak"])
     subset = bench.plan_subset(args, ["pixel"])
     assert [e["source"] for e in subset["pixel"]] == ["b.png", "c.png"]
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_each_rank_codes_its_share_of_the_anchors(tmp_path, monkeypatch, rank):
+    """Under torchrun the ranks deal the anchor images round-robin (no image
+    coded twice); the main process then only codes what is still missing."""
+    coded = []
+
+    def run_anchors(out, share, codecs, qualities, compute=True, overwrite=False):
+        coded.append((share, compute))
+        return {}, {}
+
+    monkeypatch.setattr(bench, "run_anchors", run_anchors)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", str(rank))
+    subset = {"kodak": [{"image": "k1"}, {"image": "k2"}], "line": [{"image": "l1"}]}
+    args = bench.setup_args().parse_args(["--anchors", "jpeg", "-o", str(tmp_path)])
+    bench._code_anchor_share(args, subset)
+    mine = {0: {"kodak": [{"image": "k1"}], "line": [{"image": "l1"}]},
+            1: {"kodak": [{"image": "k2"}]}}  # fmt: skip
+    assert coded == [(mine[rank], True)]
+    bench._anchors(args, subset)  # the report: only rank 0 codes what is missing
+    assert coded[1] == (subset, rank == 0)

@@ -59,7 +59,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..distributed import is_main_process, rank_share
+from ..distributed import is_main_process, rank_share, world_from_env
 from ..files import write_bytes, write_json
 from ..paths import output_dir_problem
 from .aggregate import (
@@ -196,14 +196,28 @@ def _run_domain(
     return d
 
 
+def _code_anchor_share(args: argparse.Namespace, subset: dict[str, list]) -> None:
+    """Code this rank's share of the anchors (every rank-th image) into their
+    cache, so that no two ranks code the same image."""
+    codecs, _ = select_codecs(args.anchors)
+    if args.report_only or not codecs:
+        return
+    world = world_from_env()
+    items = [(d, e) for d, entries in subset.items() for e in entries]
+    share: dict[str, list] = {}
+    for d, e in items[world.rank :: world.size]:
+        share.setdefault(d, []).append(e)
+    qualities = parse_qualities(args.anchor_qualities, "--anchor-qualities", 0, 100)
+    run_anchors(args.output, share, codecs, sorted(qualities), True, args.overwrite)
+
+
 def _anchors(
     args: argparse.Namespace, subset: dict[str, list]
 ) -> tuple[dict[str, Any] | None, dict[str, str]]:
     """``results.json``'s ``anchors`` (None with --anchors none) and the
-    domains whose anchors failed."""
+    domains whose anchors failed; the main process codes what the ranks'
+    shares left out."""
     codecs, skipped = select_codecs(args.anchors)
-    for why in skipped.values():
-        print(f"Note: anchor skipped: {why}", file=sys.stderr)
     if not codecs and not skipped:
         return None, {}
     qualities = sorted(
@@ -214,8 +228,7 @@ def _anchors(
         subset,
         codecs,
         qualities,
-        compute=not args.report_only,
-        overwrite=args.overwrite,
+        compute=not args.report_only and is_main_process(),
     )
     info = {
         "qualities": qualities,
@@ -232,10 +245,9 @@ def _run_architecture(
     prefix: str,
     subset: dict[str, list],
     weights: Sequence[Path],
-    anchors: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """One architecture on every domain: its ``results.json`` entry; its
-    eval_model files in ``OUTPUT/<prefix><domain>/``, plots beside them."""
+    eval_model files in ``OUTPUT/<prefix><domain>/``."""
     r: dict[str, Any] = {
         "weights": [str(w) for w in weights],
         "rate_points": [checkpoint_name(w) for w in weights],
@@ -249,14 +261,21 @@ def _run_architecture(
         )
         if d is None:
             continue
-        if anchors is not None and domain in anchors["domains"]:
-            d["bd_vs_anchors"] = bd_vs_anchors(d["curves"], anchors["domains"][domain])
         d["plot"] = f"{prefix}rd-{domain}.png"
-        if is_main_process():
-            plot_domain(args.output / d["plot"], domain, d, anchors)
         r["domains"][domain] = d
     r["summary"] = summarize(r["domains"])
     return r
+
+
+def _compare_and_plot(
+    output: Path, r: dict[str, Any], anchors: dict[str, Any] | None
+) -> None:
+    """An architecture's BD-rates against the anchors, and its RD plots."""
+    for domain, d in r["domains"].items():
+        if anchors is not None and domain in anchors["domains"]:
+            d["bd_vs_anchors"] = bd_vs_anchors(d["curves"], anchors["domains"][domain])
+        if is_main_process():
+            plot_domain(output / d["plot"], domain, d, anchors)
 
 
 def _plot_combined(
@@ -286,7 +305,9 @@ def _run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
     problem = output_dir_problem(args.output)
     if problem:
         raise BenchError(problem)
-    select_codecs(args.anchors)  # bad flags fail before any work
+    _, skipped = select_codecs(args.anchors)  # bad flags fail before any work
+    for why in skipped.values() if is_main_process() else ():
+        print(f"Note: anchor skipped: {why}", file=sys.stderr)
     parse_qualities(args.anchor_qualities, "--anchor-qualities", 0, 100)
     weights = {arch: weight_paths(args, arch) for arch in archs}
     for arch, w in weights.items():
@@ -312,20 +333,25 @@ def _run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
     if not args.overwrite:  # every rank: same files, each written atomically
         unpack(args.output)
     results = _header(args, argv, weights, manifest)
-    anchors, anchors_failed = _anchors(args, subset)
-    if anchors is not None:
-        results["anchors"] = anchors
-    for domain, why in anchors_failed.items():
-        results["failed"][f"anchors {domain}"] = why
+    _code_anchor_share(args, subset)
     # one architecture: eval_model's files in OUTPUT/<domain>/ as before;
     # several: in OUTPUT/<arch>/<domain>/
     single = len(archs) == 1
     for arch in archs:
         prefix = "" if single else f"{arch}/"
-        r = _run_architecture(args, arch, prefix, subset, weights[arch], anchors)
+        r = _run_architecture(args, arch, prefix, subset, weights[arch])
         results["architectures"][arch] = r
         for domain, why in r["failed"].items():
             results["failed"][domain if single else f"{arch} {domain}"] = why
+    # every rank coded its share of the anchors before its first eval_model
+    # run, which ends when all ranks have ended theirs
+    anchors, anchors_failed = _anchors(args, subset)
+    if anchors is not None:
+        results["anchors"] = anchors
+    for domain, why in anchors_failed.items():
+        results["failed"][f"anchors {domain}"] = why
+    for r in results["architectures"].values():
+        _compare_and_plot(args.output, r, anchors)
     if single:  # the keys of a one-architecture run, as before
         r = results["architectures"][archs[0]]
         results.update(

@@ -136,11 +136,11 @@ def _anchor_notes(anchors: dict[str, Any]) -> list[str]:
 
 
 def _peak(d: dict[str, Any]) -> str:
-    """Peak resident memory: MB, and bytes per pixel of the largest image."""
+    """Peak resident memory (MB) and the domain's largest image (MP)."""
     peak, pixels = d.get("peak_rss_bytes"), d.get("max_pixels")
     if not peak or not pixels:
         return "-"
-    return f"{peak / 2**20:.0f} MB ({peak / pixels:.0f} B/px)"
+    return f"{peak / 2**20:.0f} MB ({pixels / 1e6:.2f} MP)"
 
 
 def _arch_markdown(
@@ -196,8 +196,8 @@ def _arch_markdown(
         "images x rate points. J = bpp + lambda * 255^2 * MSE, averaged over "
         "images (the cost the encoder minimizes; never-worse means J full <= J "
         "refine <= J base per image). Peak memory: the largest resident size of "
-        "an encoding process after this domain's images (model and earlier images "
-        "included), per pixel of the domain's largest image.",
+        "an encoding process after this domain's images (its models, the runtime "
+        "and earlier images included), beside the domain's largest image.",
         "",
         "Mean over the out-of-domain domains where both methods have a value "
         f"(BD-rate: {len(s.get('paired_domains_bd_rate', []))} domains, "
