@@ -39,11 +39,10 @@ all in one file (``store``): with it alone the command resumes elsewhere.
 
 Parts: ``args`` (command line), ``weights`` (checkpoints per architecture),
 ``subset`` (images, crops, manifest), ``store`` (the per-job files in one),
-``evaluation`` (eval_model
-in-process), ``records`` (per-image results), ``aggregate`` (RD points,
-BD-rates, summary), ``anchors`` (classical codecs, cached per image),
-``compare`` (anchor curves, BD vs anchors, across architectures),
-``report`` (tables), ``plots``; this module runs them.
+``evaluation`` (eval_model in-process), ``records`` (per-image results),
+``aggregate`` (RD points, BD-rates, summary), ``anchors`` (classical codecs,
+cached per image), ``compare`` (anchor curves, BD vs anchors, across
+architectures), ``report`` (tables), ``plots``; this module runs them.
 
 Method: Lv et al., "Dynamic Low-Rank Instance Adaptation for Universal Neural
 Image Compression", ACM MM 2023.
@@ -319,10 +318,9 @@ def _run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
     domains = list(dict.fromkeys(args.domains))
     args.output.mkdir(parents=True, exist_ok=True)
     subset = plan_subset(args, domains)
+    per_domain = None if args.full else counts(args.images_per_domain, domains)
     manifest = {
-        "images_per_domain": None
-        if args.full
-        else counts(args.images_per_domain, domains),
+        "images_per_domain": per_domain,
         "crop": 0 if args.full else args.crop,
         "domains": subset,
     }
