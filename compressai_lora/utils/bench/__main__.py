@@ -305,8 +305,6 @@ def _run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
     if problem:
         raise BenchError(problem)
     _, skipped = select_codecs(args.anchors)  # bad flags fail before any work
-    for why in skipped.values() if is_main_process() else ():
-        print(f"Note: anchor skipped: {why}", file=sys.stderr)
     parse_qualities(args.anchor_qualities, "--anchor-qualities", 0, 100)
     weights = {arch: weight_paths(args, arch) for arch in archs}
     for arch, w in weights.items():
@@ -331,6 +329,8 @@ def _run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
     if not args.overwrite:  # every rank: same files, each written atomically
         unpack(args.output)
     results = _header(args, argv, weights, manifest)
+    for why in skipped.values() if is_main_process() else ():
+        print(f"Note: anchor skipped: {why}", file=sys.stderr)
     _code_anchor_share(args, subset)
     # one architecture: eval_model's files in OUTPUT/<domain>/ as before;
     # several: in OUTPUT/<arch>/<domain>/
