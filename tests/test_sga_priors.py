@@ -5,7 +5,13 @@ import math
 import pytest
 import torch
 
-from compressai_lora.adapt.sga import TAU_MAX, TAU_MIN, sga_round, temperature
+from compressai_lora.adapt.sga import (
+    SCALE,
+    TAU_MAX,
+    TAU_MIN,
+    sga_round,
+    temperature,
+)
 from compressai_lora.padding import pad_to_multiple
 from compressai_lora.priors import (
     SCALES,
@@ -34,6 +40,16 @@ def test_sga_picks_floor_or_ceil_and_is_seeded():
     a = sga_round(x, 0.5, torch.Generator().manual_seed(1))
     b = sga_round(x, 0.5, torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
+
+
+def test_sga_draws_floor_or_ceil_with_the_sigmoid_scaled_logit():
+    # at temperature 1 the hard choice follows sigmoid(SCALE * logit(d)) at
+    # distance d from the floor (SGA+); SGA's atanh gives 0.36 at d = 0.3
+    x = torch.full((20000,), 2.3)
+    out = sga_round(x, 1.0, torch.Generator().manual_seed(0))
+    ceil_share = float(((out - 2.0) > 0.5).float().mean())
+    want = 1 / (1 + math.exp(-SCALE * math.log(0.3 / 0.7)))
+    assert ceil_share == pytest.approx(want, abs=0.01)
 
 
 def test_sga_has_gradients():

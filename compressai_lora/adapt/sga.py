@@ -1,6 +1,10 @@
-"""Stochastic Gumbel annealing (Yang, Bamler, Mandt, NeurIPS 2020): a
-differentiable stand-in for rounding, each value a Gumbel-softmax mix of its
-floor and ceiling favouring the nearer; hard rounding as the temperature falls.
+"""Stochastic Gumbel annealing: a differentiable stand-in for rounding, each
+value a Gumbel-softmax mix of its floor and ceiling favouring the nearer; hard
+rounding as the temperature falls.  SGA (Yang, Bamler, Mandt, NeurIPS 2020)
+with the logits of SGA+ (Perugachi-Diaz et al., NeurIPS 2024): the
+sigmoid-scaled logit, whose gradients stay bounded near the integers, in
+place of SGA's ``atanh`` (docs/RESULTS.md, "What we tried": better refined
+latents in the same steps).
 """
 
 from __future__ import annotations
@@ -9,12 +13,16 @@ import math
 from typing import Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["sga_round", "temperature"]
 
-TAU_MAX = 0.5
-TAU_MIN = 0.05
+#: the temperature anneals from ``TAU_MAX`` to ``TAU_MIN``; ``SCALE``: the
+#: sigmoid-scaled logit's (1: probabilities linear in the distance)
+TAU_MAX = 1.5
+TAU_MIN = 0.15
+SCALE = 1.4
 
 
 def temperature(done: float) -> float:
@@ -47,8 +55,9 @@ def sga_round(x: Tensor, tau: float, generator: Generators = None) -> Tensor:
     floor = torch.floor(x)
     eps = 1e-5
     frac = (x - floor).clamp(eps, 1 - eps)
-    # logit of choosing floor / ceil: -atanh(distance) / tau
-    logits = torch.stack((-torch.atanh(frac), -torch.atanh(1 - frac)), dim=-1) / tau
+    # logits of floor / ceil: -log(1 + (d / (1 - d)) ** SCALE) at distance d
+    odds = SCALE * torch.logit(frac)
+    logits = torch.stack((-F.softplus(odds), -F.softplus(-odds)), dim=-1) / tau
     u = _uniform(logits.shape, x, generator)
     gumbel = -torch.log(-torch.log(u.clamp(1e-10, 1.0)))
     w = torch.softmax((logits + gumbel) / tau, dim=-1)
