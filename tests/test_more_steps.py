@@ -72,9 +72,9 @@ def test_a_budget_plans_the_schedules_to_end_by_its_deadline(monkeypatch):
     taus, rates = [], []
     set_lr = refine.set_lr
 
-    def recording(opt, lr):
-        rates.append(lr)
-        set_lr(opt, lr)
+    def recording(opt, factor):
+        set_lr(opt, factor)
+        rates.append(opt.param_groups[0]["lr"])
 
     monkeypatch.setattr(refine, "set_lr", recording)
     prepare = refine.Refinement.prepare
@@ -92,11 +92,12 @@ def test_a_budget_plans_the_schedules_to_end_by_its_deadline(monkeypatch):
 
 
 def test_spans_equal_to_the_phases_are_the_stretched_schedules():
-    """The default (400 + 350 steps, spans 400 and 350 - 100) runs as before
-    the spans existed: same losses step for step."""
+    """Spans as long as the phases (the update's counted from the gate
+    decision, here at its start: the refinement's steps warmed it up) are the
+    stretched schedules: same losses step for step."""
     steps = dict(refine_steps=20, adapt_steps=30)
     spans, spans_losses = _run(
-        "cheng2020-attn-lora", refine_anneal=20, adapt_anneal=20, **steps
+        "cheng2020-attn-lora", refine_anneal=20, adapt_anneal=30, **steps
     )
     stretched, stretched_losses = _run(
         "cheng2020-attn-lora", refine_anneal=None, adapt_anneal=None, **steps

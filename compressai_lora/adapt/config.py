@@ -32,7 +32,8 @@ class Tuning:
         adapt_anneal: the same for the update's rate, counted from the gate
             decision
         gate_steps: update steps with every layer open before the gates
-            decide on real coded costs
+            decide on real coded costs (the refinement's steps, which train
+            it too, count)
         step_code: finest quantization step of the factors tried,
             ``2 ** (-step_code / 4)``
         step_search: coarser steps (each twice the last) the gate decision

@@ -1,8 +1,9 @@
 """Per-image adaptation inside ``compress()`` (Lv et al., ACM MM 2023).
 
 :func:`adapt_batch` is the method: the base codec, then (1) latent refinement
-with SGA (:mod:`.refine`), (2) the gated low-rank decoder update on the
-``y_hat`` the real decoder sees (:mod:`.update`), both in one loop
+with SGA, every adapted layer's update training along (:mod:`.refine`), (2)
+the gated low-rank decoder update on the ``y_hat`` the real decoder sees, from
+the update of (1) (:mod:`.update`), both in one loop
 (:mod:`.loop`), and (3) never worse: base, refined-only and refined + update
 are coded for real and the lowest RD cost ``J`` is sent (:mod:`.candidates`).
 Images of one size can be adapted together: the steps run on the batch,
@@ -83,10 +84,10 @@ def adapt_images(
     return out
 
 
-def _run(phase, model, cfg: AdaptConfig, seconds: Optional[float], cb) -> None:
-    """Run ``phase`` with gradients on and the network frozen."""
+def _run(phase, model, cfg: AdaptConfig, seconds: Optional[float], cb) -> int:
+    """Run ``phase`` with gradients on and the network frozen; its steps."""
     with torch.enable_grad(), frozen(model), torch_threads(cfg.threads):
-        run_phase(phase, Deadline(seconds), cb)
+        return run_phase(phase, Deadline(seconds), cb)
 
 
 def _targets(model, x: Tensor, cfg: AdaptConfig, paddings) -> list[Target]:
@@ -130,12 +131,14 @@ def adapt_batch(
     # 0. the base codec
     base = [_base(model, t, xp[n : n + 1], stats[n]) for n, t in enumerate(targets)]
     refined, updates, t0 = list(base), [None] * size, time.perf_counter()
-    # 1. latent refinement (SGA)
+    starts, warm = None, 0
+    # 1. latent refinement (SGA), the update of every layer training along
     if cfg.refine_steps > 0:
         y0, z0 = [c.y for c in base], [c.z for c in base]
         phase = Refinement(model, targets, y0, z0, cfg)
         share = cfg.refine_steps / (cfg.refine_steps + cfg.adapt_steps)
-        _run(phase, model, cfg, None if budget is None else budget * share, cb)
+        warm = _run(phase, model, cfg, None if budget is None else budget * share, cb)
+        starts = phase.trained_updates()
         for n, s in enumerate(phase.states):
             c = latent_candidate(model, "refined", targets[n], xp[n : n + 1], *s.best)
             refined[n] = c
@@ -143,7 +146,7 @@ def adapt_batch(
     refine_time = time.perf_counter() - t0
     # 2. the gated low-rank decoder update, on the refined latents
     if cfg.adapt_steps > 0:
-        phase = UpdatePhase(model, refined, targets, cfg)
+        phase = UpdatePhase(model, refined, targets, cfg, starts, warm)
         left = None if budget is None else max(budget - refine_time, 0.0)
         _run(phase, model, cfg, left, cb)
         for n, s in enumerate(phase.states):

@@ -163,7 +163,8 @@ def run_phase(
     return t
 
 
-def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    """Set every parameter group of ``opt`` to ``lr``."""
+def set_lr(opt: torch.optim.Optimizer, factor: float) -> None:
+    """Set every parameter group of ``opt`` to ``factor`` times the rate it
+    was built with."""
     for group in opt.param_groups:
-        group["lr"] = lr
+        group["lr"] = group.setdefault("initial_rate", group["lr"]) * factor

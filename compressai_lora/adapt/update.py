@@ -2,7 +2,8 @@
 decoder sees (the refined candidate's), with its bits in the loss.
 
 1. Warm-up: every adapted layer's factors train for ``gate_steps`` steps
-   (straight-through quantized, from zero: an update has to earn its bits).
+   (straight-through quantized, from zero: an update has to earn its bits),
+   the steps they trained with the latents in the refinement included.
 2. The gates decide on real coded costs: the warm update is coded at
    ``step_code`` and ``step_search`` coarser steps, the finest step within
    ``step_tie`` of the cheapest stands; then a layer stays open only if
@@ -17,9 +18,10 @@ Only ``g_s`` runs, from the first block an image adapts.  With
 a random window of it (the factors are shared by every pixel), so a step's
 cost does not grow with the image; every checkpoint and decision still costs
 the whole image for real.
-The factors reach the adapters through ``torch.func.functional_call``: one
-image's as they are (the kernel update ``decompress`` merges), a batch's
-stacked per image.
+The factors reach the adapters through ``torch.func.functional_call``,
+stacked per image (one image too): each adapter adds its rank-``r`` branch to
+the frozen convolution, whose gradient costs a fraction of the merged
+kernel's (an update step in 0.87x the time, docs/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -36,7 +38,20 @@ from .candidates import Candidate, Target, prune_by_real_cost, update_candidate
 from .loop import Deadline, ImageState, lr_factor, schedule_done, set_lr
 from .objective import sane
 
-__all__ = ["ImageUpdate", "UpdatePhase", "first_adapted_block"]
+__all__ = [
+    "ImageUpdate",
+    "UpdatePhase",
+    "adapted",
+    "first_adapted_block",
+    "g_s_adapters",
+    "stacked_factors",
+]
+
+
+def g_s_adapters(model) -> list:
+    """(name in ``g_s``, adapter) of each adapted layer (a slice of ``g_s``
+    keeps the names)."""
+    return [(p[4:], m) for p, m in model.adapters().items()]
 
 
 def first_adapted_block(model, paths=None) -> int:
@@ -65,19 +80,25 @@ def _ste_round(t: Tensor) -> Tensor:
 
 
 class ImageUpdate(ImageState):
-    """One image's trainable update: factors, open layers, real-cost choices
-    (``ready`` once the gates have decided, at step ``start``)."""
+    """One image's trainable update: factors (from ``initial``, None: zero),
+    open layers, real-cost choices (``ready`` once the gates have decided, at
+    step ``start``); ``refined`` None while it trains with the latents."""
 
-    def __init__(self, model, refined: Candidate, target: Target, cfg, index=0):
+    def __init__(
+        self, model, refined: Optional[Candidate], target: Target, cfg, index=0,
+        initial=None,
+    ):  # fmt: skip
         tn = cfg.tuning
         super().__init__(index, start=min(tn.gate_steps, cfg.adapt_steps), ready=False)
         self.model, self.refined, self.target, self.tuning = model, refined, target, tn
         self.names = list(model.lora_layers)
         self.set_step(tn.step_code)
+        initial = initial or [m.initial_factors() for m in model.adapters().values()]
         self.factors = [
-            {k: v.to(target.x.device).requires_grad_(True) for k, v in f.items()}
-            for f in (m.initial_factors() for m in model.adapters().values())
-        ]
+            {k: v.detach().clone().to(target.x.device).requires_grad_(True)
+             for k, v in f.items()}
+            for f in initial
+        ]  # fmt: skip
         self.open = list(range(len(self.factors)))
         self.split = self.first_block()
         self.best: Optional[Candidate] = None
@@ -230,25 +251,57 @@ class ImageUpdate(ImageState):
         return {"adapt_iters": self.iters, "gates_open": len(self.open), **shown}
 
 
+def stacked_factors(adapters, states) -> dict[str, Tensor]:
+    """The open layers' factors of ``states`` by buffer name in ``g_s``,
+    stacked per image, zero for an image whose layer is closed."""
+    out = {}
+    for i, (path, _) in enumerate(adapters):
+        rows = [s.quantized(i) if i in s.open else None for s in states]
+        like = next((r for r in rows if r is not None), None)
+        if like is None:
+            continue
+        zero = {k: torch.zeros_like(v) for k, v in like.items()}
+        like = {k: torch.stack([(r or zero)[k] for r in rows]) for k in like}
+        out.update({f"{path}.{k}": v for k, v in like.items()})
+    return out
+
+
+def adapted(blocks, adapters, factors: dict[str, Tensor], feat: Tensor) -> Tensor:
+    """``blocks`` (of ``g_s``) on ``feat`` with the layers of ``factors`` open."""
+    opened = [m for p, m in adapters if f"{p}.B" in factors]
+    for m in opened:  # the layers with trainable factors compute with them
+        m.gate = True
+    try:
+        return functional_call(blocks, factors, (feat,))
+    finally:
+        for m in opened:
+            m.gate = False
+
+
 class UpdatePhase:
     """Trains the updates of a batch of images (one image: a batch of one),
     each for its ``refined`` candidate's latents, on a frozen model whose
-    adapters are reset."""
+    adapters are reset; from ``starts`` (per image, None: zero), which
+    trained ``warm`` steps with the latents."""
 
     name = "adapt"
 
-    def __init__(self, model, refined: Sequence[Candidate], targets, cfg):
+    def __init__(
+        self, model, refined: Sequence[Candidate], targets, cfg, starts=None,
+        warm: int = 0,
+    ):  # fmt: skip
         self.model, self.steps, self.tuning = model, cfg.adapt_steps, cfg.tuning
-        # (name in g_s, adapter): a slice of g_s keeps the names
-        self.adapters = [(p[4:], m) for p, m in model.adapters().items()]
+        self.adapters = g_s_adapters(model)
+        starts = starts or [None] * len(refined)
         self.states = [
-            ImageUpdate(model, r, t, cfg, n)
-            for n, (r, t) in enumerate(zip(refined, targets))
+            ImageUpdate(model, r, t, cfg, n, f)
+            for n, (r, t, f) in enumerate(zip(refined, targets, starts))
         ]
         self.y_hat = torch.cat([r.extra["y_hat"] for r in refined])
         leaves = [t for s in self.states for t in s.leaves()]
         self.opt = torch.optim.Adam(leaves, lr=self.tuning.adapt_lr)
-        self.warmup = min(self.tuning.gate_steps, self.steps)
+        # ``warm`` steps trained the ``starts`` with the latents already
+        self.warmup = min(max(self.tuning.gate_steps - warm, 0), self.steps)
         self._prefix: Optional[tuple[int, Tensor]] = None
         self.decided: Optional[tuple[int, float]] = None  # step, budget share
         # output pixels per latent; the window each step trains on (latents)
@@ -270,36 +323,14 @@ class UpdatePhase:
             feat = feat[[s.index for s in active]]
         return split, feat
 
-    def _factors(self, active: list[ImageUpdate]) -> dict[str, Tensor]:
-        """The open layers' factors by buffer name in ``g_s``; a batch's
-        stacked, zero for an image whose layer is closed."""
-        out = {}
-        for i, (path, _) in enumerate(self.adapters):
-            rows = [s.quantized(i) if i in s.open else None for s in active]
-            like = next((r for r in rows if r is not None), None)
-            if like is None:
-                continue
-            if len(self.states) > 1:
-                zero = {k: torch.zeros_like(v) for k, v in like.items()}
-                like = {k: torch.stack([(r or zero)[k] for r in rows]) for k in like}
-            out.update({f"{path}.{k}": v for k, v in like.items()})
-        return out
-
     def losses(self, active: list[ImageUpdate]) -> list[tuple[Tensor, ...]]:
         """Each active image's (loss, bpp, x_hat, x) from one batched pass."""
         split, feat = self._features(active)
         targets = [s.target for s in active]
         if self.window is not None:  # a random window per image
             feat, targets = self._windows(active, feat)
-        factors = self._factors(active)
-        opened = [m for p, m in self.adapters if f"{p}.B" in factors]
-        for m in opened:  # the layers with trainable factors compute with them
-            m.gate = True
-        try:
-            out = functional_call(self.model.g_s[split:], factors, (feat,))
-        finally:
-            for m in opened:
-                m.gate = False
+        factors = stacked_factors(self.adapters, active)
+        out = adapted(self.model.g_s[split:], self.adapters, factors, feat)
         return [
             t.loss(out[n : n + 1], s.bpp())
             for n, (s, t) in enumerate(zip(active, targets))
@@ -340,7 +371,7 @@ class UpdatePhase:
         if self.decided is not None:  # the warm-up trains at the full rate
             (t0, f0), tn = self.decided, self.tuning
             done = schedule_done(t - t0, self.steps - t0, tn.adapt_anneal, deadline, f0)
-            set_lr(self.opt, tn.adapt_lr * lr_factor(tn.lr_schedule, done))
+            set_lr(self.opt, lr_factor(tn.lr_schedule, done))
 
     def checkpoint(self, s: ImageUpdate) -> None:
         s.checkpoint()
