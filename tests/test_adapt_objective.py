@@ -170,3 +170,34 @@ def test_a_decision_that_closes_every_layer_ends_the_update(monkeypatch):
     # the refinement's 2 steps trained the update: 2 more before the decision
     assert (stats["gates_step"], stats["adapt_iters"]) == (2, 3)
     assert stats["choice"] != "update" and stats["update_bits"] == 0
+
+
+def test_the_update_phase_starts_from_the_update_trained_with_the_latents(monkeypatch):
+    from compressai_lora.adapt import update
+
+    seen = []
+    real = update.UpdatePhase.__init__
+
+    def init(self, model, refined, targets, cfg, starts=None, warm=0):
+        seen.append((starts, warm))
+        real(self, model, refined, targets, cfg, starts, warm)
+        first = self.states[0].factors  # trained in place later: copied now
+        seen.append([{k: v.detach().clone() for k, v in f.items()} for f in first])
+
+    monkeypatch.setattr(update.UpdatePhase, "__init__", init)
+    model, x = _model("bmshj2018-hyperprior-lora"), _image(0)
+    model.adapt_config = model.adapt_config.replace(
+        refine_steps=6, adapt_steps=4, gate_steps=2, lmbda=0.05
+    )
+    with torch.no_grad():
+        model.compress(x)
+    (starts, warm), factors = seen
+    assert warm == 6  # the refinement's steps trained it
+    trained = [v for f in starts[0] for v in f.values()]
+    assert any(bool(v.abs().sum() > 0) for v in trained)  # not the zero start
+    assert all(
+        torch.equal(a, b)
+        for f, g in zip(starts[0], factors)
+        for a, b in zip(f.values(), g.values())
+    )
+    assert model.last_adaptation["gates_step"] == 0  # warm: the gates decide at once
