@@ -62,11 +62,11 @@ DATA = ROOT.parent / "shared" / "data"
 #: trajectory (same rates, same annealing spans) cut short or continued
 SCHEDULES = {
     "fast": ("fast", {}),
-    "60+100": ("medium", {"refine_steps": 60, "adapt_steps": 100, "gate_steps": 25}),
-    "medium": ("medium", {}),
-    "300+300": ("paper", {"refine_steps": 300, "adapt_steps": 300}),
     "default": ("default", {}),
-    "1000+1000": ("paper", {"refine_steps": 1000, "adapt_steps": 1000}),
+    "medium": ("medium", {}),
+    "300+300": ("slow", {"refine_steps": 300, "adapt_steps": 300}),
+    "slow": ("slow", {}),
+    "1000+1000": ("slow", {"refine_steps": 1000, "adapt_steps": 1000}),
     "paper": ("paper", {}),
 }
 OOD = ("pixel", "screen", "line", "vector", "painting", "comic")

@@ -95,7 +95,7 @@ def test_batch_size_is_a_field_not_yet_a_flag():
         parse("--batch-size", "4")
 
 
-def test_anneal_spans_and_the_paper_preset_continues_the_default():
+def test_anneal_spans_and_the_paper_preset_continues_slow():
     assert adaptation_flags_given(parse("--anneal", "300", "200"))
     cfg = adapt_config_from_args(parse("--anneal", "300", "0"))
     assert (cfg.tuning.refine_anneal, cfg.tuning.adapt_anneal) == (300, None)
@@ -105,6 +105,10 @@ def test_anneal_spans_and_the_paper_preset_continues_the_default():
         adapt_config_from_args(parse("--anneal", "-1", "5"))
     with pytest.raises(ValueError, match="refine_anneal"):
         AdaptConfig().replace(refine_anneal=0)
-    # paper: the default's settings but the step counts
-    paper = AdaptConfig.preset("paper")
-    assert paper.replace(refine_steps=400, adapt_steps=350) == AdaptConfig()
+    # paper: slow's settings but the step counts
+    paper, slow = AdaptConfig.preset("paper"), AdaptConfig.preset("slow")
+    assert paper.replace(refine_steps=400, adapt_steps=350) == slow
+    # the default anneals over its own steps: more steps continue it
+    default = AdaptConfig()
+    spans = (default.tuning.refine_anneal, default.tuning.adapt_anneal)
+    assert spans == (default.refine_steps, default.adapt_steps)

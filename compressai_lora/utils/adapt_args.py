@@ -55,9 +55,9 @@ def add_adaptation_args(parser: argparse.ArgumentParser) -> ArgumentGroup:
     g.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        help="named adaptation settings: default (400 + 350 steps), fast "
-        "(20 + 30) or paper (2000 + 2000 steps, rank 2: the default's "
-        "trajectory, continued) (default: default)",
+        help="named adaptation settings: default (100 + 25 steps), fast "
+        "(20 + 30), medium (100 + 150), slow (400 + 350) or paper (2000 + 2000 "
+        "steps, rank 2: slow's trajectory, continued) (default: default)",
     )
     g.add_argument(
         "--no-adapt",
@@ -85,7 +85,7 @@ def add_adaptation_args(parser: argparse.ArgumentParser) -> ArgumentGroup:
         choices=LR_SCHEDULES,
         help="learning rate over each phase: constant, or cosine (held for the "
         "first half of its span, then decayed to a tenth) (default: the "
-        "preset's; cosine in default and paper, constant in fast)",
+        "preset's; constant in fast, cosine in the others)",
     )
     g.add_argument(
         "--anneal",
@@ -95,8 +95,8 @@ def add_adaptation_args(parser: argparse.ArgumentParser) -> ArgumentGroup:
         help="steps over which the refinement's temperature and rate (R) and "
         "the update's rate after its warm-up (A) anneal, whatever the phase's "
         "length: more steps continue the same trajectory; 0 stretches a "
-        "schedule over its phase (default: the preset's; 400 250 in default "
-        "and paper, 0 0 in fast)",
+        "schedule over its phase (default: the preset's; 100 25 in default, "
+        "400 250 in slow and paper, 0 0 in fast and medium)",
     )
     g.add_argument("--rank", type=int, metavar="R", help="rank of the decoder update")
     g.add_argument("--form", choices=UPDATE_FORMS, help="update form of the adapters")
