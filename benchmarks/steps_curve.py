@@ -1,24 +1,25 @@
 """Real RD cost against encoder steps: does more encoder time give a better file?
 
-For every image of a set and every schedule (``fast``, 300+300, ``default``,
-1000+1000, ``paper`` by default, in order of encoder time), encode with a
-``-lora`` model, decode for real and report ``J = bpp + lambda * 255^2 * MSE``
-(bytes from the range coder, distortion from the decoder's 8-bit output), its
-change against the base codec, what was sent and the encoding time.  Each (code, image,
-schedule) job runs in its own process; ``--code`` adds another checkout (for
-example today's main) so that both are measured in the same run.  Results are
-cached per job in ``--out`` (rerun to resume) under a key of what decides the
-bytes: the hash of the checkout's code that the job runs (the package outside
-its tools, without ``adapt/config.py``), the resolved ``AdaptConfig``, the
-hashes of image and checkpoint, torch's version and the CPU (its model and
-the instruction set torch's kernels use: an AVX2 and an AVX-512 machine round
-differently, and an adaptation of hundreds of steps amplifies that into other
-bytes); a cached job whose key differs runs again, so a cache can be kept
-in a working folder and resumed later on the same kind of machine.  The caches
-(``OUT/jobs/``) and the dev-set crops (``OUT/images/``) are not for git
-(``.gitignore``); what a run leaves to commit is its summary,
-``OUT/steps_curve.md`` (the tables) and ``OUT/steps_curve.json`` (every cell's
-result with its job's key), one file each per run.
+For every image of a set and every schedule (``fast``, ``default``, ``medium``,
+300+300, ``slow``, 1000+1000, ``paper`` by default, in order of encoder time),
+encode with a ``-lora`` model, decode for real and report
+``J = bpp + lambda * 255^2 * MSE`` (bytes from the range coder, distortion from
+the decoder's 8-bit output), its change against the base codec, what was sent
+and the encoding time.  Each (code, image, schedule) job runs in its own
+process; ``--code`` adds another checkout (for example today's main) so that
+both are measured in the same run.  Results are cached per job in ``--out``
+(rerun to resume) under a key of what decides the bytes: the hash of the
+checkout's code that the job runs (the package outside its tools, without
+``adapt/config.py``), the resolved ``AdaptConfig``, the hashes of image and
+checkpoint, torch's version and the CPU (its model and the instruction set
+torch's kernels use: an AVX2 and an AVX-512 machine round differently, and an
+adaptation of hundreds of steps amplifies that into other bytes); a cached job
+whose key differs runs again, so a cache can be kept in a working folder and
+resumed later on the same kind of machine.  The caches (``OUT/jobs/``) and the
+dev-set crops (``OUT/images/``) are not for git (``.gitignore``); what a run
+leaves to commit is its summary, ``OUT/steps_curve.md`` (the tables) and
+``OUT/steps_curve.json`` (every cell's result with its job's key), one file
+each per run.
 
     python benchmarks/steps_curve.py --dev-set --out steps-out \\
         --checkpoint ../shared/weights/cheng2020-attn-N64-q3.pth.tar --jobs 2
@@ -58,7 +59,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 #: schedule name -> (preset, overrides), in order of encoder time; J should
-#: not rise along it.  300+300, 1000+1000 and ``paper`` are the default's
+#: not rise along it.  300+300, 1000+1000 and ``paper`` are ``slow``'s
 #: trajectory (same rates, same annealing spans) cut short or continued
 SCHEDULES = {
     "fast": ("fast", {}),

@@ -111,6 +111,33 @@ def test_budget_is_respected_within_one_step(budget):
     assert [s["reason"] for s in stats["stopped"]] == ["budget", "budget"]
 
 
+def test_a_budget_cuts_the_gate_decision_short(monkeypatch):
+    """Past its deadline the decision codes no more: the layers not looked at
+    stay open, and the run overruns its budget by about one coding."""
+    from compressai_lora.adapt import update
+
+    real, pause = update.update_candidate, 0.05
+    monkeypatch.setattr(  # every real coding of the update takes a while
+        update, "update_candidate", lambda *a, **k: time.sleep(pause) or real(*a, **k)
+    )
+    model, x = _model("cheng2020-attn-lora"), _image(0)
+    budget, stamps = 2.0, []
+    model.adapt_config = model.adapt_config.replace(
+        refine_steps=100_000, adapt_steps=25_000, gate_steps=0, step_search=0,
+        time_budget=budget, callback=lambda info: stamps.append(time.perf_counter()),
+    )  # fmt: skip
+    with torch.no_grad():
+        model.compress(x)
+    stats = model.last_adaptation
+    looked = [g for g in stats["gates"].values() if g["dJ"] is not None]
+    left_open = [g for g in stats["gates"].values() if g.get("by") == "budget"]
+    assert looked and left_open, stats["gates"]  # the deadline fell in the decision
+    assert all(g["open"] for g in left_open)
+    step = max(b - a for a, b in zip(stamps, stamps[1:]))
+    spent = stats["refine_time"] + stats["adapt_time"]
+    assert spent <= budget + 2 * step + 0.25 + pause, (spent, step)
+
+
 def test_budget_is_a_config_field_and_a_flag():
     import argparse
 

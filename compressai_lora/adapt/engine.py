@@ -137,7 +137,11 @@ def adapt_batch(
         y0, z0 = [c.y for c in base], [c.z for c in base]
         phase = Refinement(model, targets, y0, z0, cfg)
         share = cfg.refine_steps / (cfg.refine_steps + cfg.adapt_steps)
-        warm = _run(phase, model, cfg, None if budget is None else budget * share, cb)
+        # its share of the budget less the refined latents' real coding, which
+        # costs what the base codec's did
+        coding = sum(st["base_time"] for st in stats)
+        seconds = None if budget is None else max(budget * share - coding, 0.0)
+        warm = _run(phase, model, cfg, seconds, cb)
         starts = phase.trained_updates()
         for n, s in enumerate(phase.states):
             c = latent_candidate(model, "refined", targets[n], xp[n : n + 1], *s.best)

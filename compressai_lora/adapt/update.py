@@ -184,11 +184,16 @@ class ImageUpdate(ImageState):
         return self.refined.J if c is None else c.J
 
     # -- decisions ---------------------------------------------------------
-    def choose_step(self) -> Optional[Candidate]:
+    def choose_step(self, deadline: Optional[Deadline] = None) -> Optional[Candidate]:
         """Set the finest step whose update of the open layers costs at most
         ``step_tie`` of the refined ``J`` more than the cheapest (among the
-        steps whose update pays, if any does); return that update."""
-        trials = {c: self.real(self.open, c) for c in self.step_codes()}
+        steps whose update pays, if any does); return that update.  Past the
+        ``deadline``, only the steps coded so far compete."""
+        trials = {}
+        for c in self.step_codes():  # finest first
+            if trials and deadline is not None and deadline.due():
+                break
+            trials[c] = self.real(self.open, c)
         costs = {c: self.cost(t) for c, t in trials.items()}
         pool = {c: j for c, j in costs.items() if j < self.refined.J} or costs
         tie = min(pool.values()) + self.tuning.step_tie * abs(self.refined.J)
@@ -197,12 +202,16 @@ class ImageUpdate(ImageState):
         self.step_J = costs
         return trials[code]
 
-    def decide(self, t: int) -> None:
+    def decide(self, t: int, deadline: Optional[Deadline] = None) -> None:
         """The gate decision at step ``t``: the step, then backward
-        elimination in layer order on the real coded cost."""
-        current = self.choose_step()
+        elimination in layer order on the real coded cost; past the
+        ``deadline`` the layers not yet looked at stay open."""
+        current = self.choose_step(deadline)
         self.gates = {}
         for i in list(self.open):
+            if deadline is not None and deadline.due():
+                self.gates[self.names[i]] = {"open": True, "dJ": None, "by": "budget"}
+                continue
             rest = [j for j in self.open if j != i]
             without = self.real(rest) if rest else None
             dj = self.cost(without) - self.cost(current)
@@ -365,7 +374,7 @@ class UpdatePhase:
                     if why:
                         s.end(self.name, t, why)
                         continue
-                    s.decide(t)  # the gates, on real coded costs
+                    s.decide(t, deadline)  # the gates, on real coded costs
                     if not s.open:
                         s.stop(t + 1)
         if self.decided is not None:  # the warm-up trains at the full rate
