@@ -104,10 +104,12 @@ class AdaptConfig:
             unbatched one up to float rounding
         time_budget: seconds for both phases together (None: no limit): a
             plan, not a cut: the phases split it in proportion to their
-            steps, each one's schedules (rate, SGA temperature, the gate
-            decision at its share of the update) end by its deadline, and a
-            phase stops before a step that would overrun it; machine-
-            dependent, so no promise of the same bytes
+            steps (the refinement's share less its result's real coding),
+            each one's schedules (rate, SGA temperature, the gate decision
+            at its share of the update) end by its deadline, a phase stops
+            before a step that would overrun it, the gate decision codes no
+            more once past it; machine-dependent, so no promise of the same
+            bytes
         callback: called with a dict (phase, step, loss, bpp, psnr, gates)
             after every step, e.g. to drive a progress bar
         tuning: the method's constants (:class:`Tuning`)
