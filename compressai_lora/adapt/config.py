@@ -168,8 +168,8 @@ class AdaptConfig:
         return cls().replace(**{**PRESETS[name], **changes})
 
 
-#: default: AdaptConfig's own settings (100 + 25 steps: the schedule that gains
-#: the most in about 50 s of a 256x256 crop on one core, docs/RESULTS.md); fast:
+#: default: AdaptConfig's own settings (100 + 25 steps: about 50 s of a 256x256
+#: crop on one core, most of it for the refinement, docs/RESULTS.md); fast:
 #: 20 + 30 steps, for previews and tests; medium: 100 + 150 steps (the whole-image
 #: benchmark's schedule); slow: 400 + 350 steps (the default before issue 33);
 #: paper: the paper's 2000 + 2000 steps as ``slow`` continued (same rates and
