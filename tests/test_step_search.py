@@ -119,3 +119,31 @@ def test_a_coarse_update_decodes_exactly_in_a_fresh_model(monkeypatch):
     sent = lora.decode_update(out["strings"][-1][0])
     assert {u.step for u in sent.values()} == {step_from_code(12)}
     assert torch.equal(fresh_decode("bmshj2018-hyperprior-lora", base, out), x_hat)
+
+
+class _Due:
+    """A deadline that is due from its ``n``-th look on."""
+
+    def __init__(self, n: int):
+        self.looks, self.n = 0, n
+
+    def due(self) -> bool:
+        self.looks += 1
+        return self.looks > self.n
+
+
+@pytest.mark.parametrize("looks, codings", [(0, 1), (4, 5), (None, 7)])
+def test_past_the_deadline_the_decision_codes_no_more(looks, codings):
+    s = _bare(AdaptConfig().replace(step_code=24, step_search=3), {})
+    s.open, s.names, s.first_block = [0, 1, 2], ["a", "b", "c"], lambda: 0
+    coded = []
+    # every layer pays 0.1 of J: the more open, the cheaper
+    s.real = lambda layers, code=None: (
+        coded.append(code) or SimpleNamespace(J=0.5 - 0.1 * len(layers))
+    )
+    s.decide(0, None if looks is None else _Due(looks))
+    assert len(coded) == codings
+    assert s.open == [0, 1, 2] and s.best.J == pytest.approx(0.2)
+    cut = [n for n, g in s.gates.items() if g.get("by") == "budget"]
+    assert cut == {1: ["a", "b", "c"], 5: ["b", "c"], 7: []}[codings]
+    assert all(g["open"] for g in s.gates.values())

@@ -33,7 +33,8 @@ class Tuning:
             decision
         gate_steps: update steps with every layer open before the gates
             decide on real coded costs (the refinement's steps, which train
-            it too, count)
+            it too, count; if the update phase ends first, the gates decide
+            at its end)
         step_code: finest quantization step of the factors tried,
             ``2 ** (-step_code / 4)``
         step_search: coarser steps (each twice the last) the gate decision
@@ -185,6 +186,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "adapt_steps": 150,
         "refine_anneal": None,
         "adapt_anneal": None,
+        "gate_steps": 40,
     },
     "fast": {
         "refine_steps": 20,

@@ -9,7 +9,9 @@ decoder sees (the refined candidate's), with its bits in the loss.
    ``step_tie`` of the cheapest stands; then a layer stays open only if
    removing it raises the real ``J`` (backward elimination, each ``dJ`` in
    ``last_adaptation["gates"]``).  No gate network; if no layer pays, the
-   image's update ends there.
+   image's update ends there.  Past a budget's deadline the decision codes no
+   more: the layers not yet looked at stay open (``"by": "budget"``; the
+   images of a batch are decided in turn).
 3. The open layers train on, the lowest real ``J`` of the checkpoints is
    kept, and a greedy pass on real costs closes the layers that no longer pay.
 
