@@ -23,6 +23,7 @@ from ..latents import analyse
 from ..padding import Padding, own_pixels, pad_to_multiple, per_image_paddings
 from .candidates import Candidate, Target, latent_candidate
 from .config import AdaptConfig
+from .heap import kept_heap
 from .loop import Deadline, run_phase
 from .refine import Refinement
 from .update import UpdatePhase
@@ -122,8 +123,14 @@ def adapt_batch(
     Each image gets its unbatched result up to float rounding; only the steps
     run on the batch.  ``paddings``: per image, the caller's (left, right,
     top, bottom) padding, left out of the loss and the RD cost.  A batch
-    shares the wall time and the budget.
+    shares the wall time and the budget.  Large blocks stay in the heap
+    meanwhile (:func:`.heap.kept_heap`).
     """
+    with kept_heap():
+        return _adapt(model, x, cfg, callback, paddings)
+
+
+def _adapt(model, x, cfg, callback, paddings):
     targets = _targets(model, x, cfg, paddings)
     xp = pad_to_multiple(x, model.downsampling_factor)
     cb, budget, size = callback or cfg.callback, cfg.time_budget, len(targets)

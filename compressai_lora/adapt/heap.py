@@ -1,0 +1,63 @@
+"""Keep freed memory in the process's heap while adapting (Linux, glibc).
+
+Every step allocates the decoder's activations and frees them again.  glibc
+serves a block above its mmap threshold (at most 32 MiB) with a fresh
+mapping and unmaps it on free, so on an image larger than a crop each step
+page-faults and zeroes its large blocks anew: about 2.4 GB a step on a
+768x512 image, 10-15% of its time (docs/RESULTS.md).  Inside
+:func:`kept_heap` such blocks come from the heap and stay there for the next
+step; on leaving, the free pages go back to the system (``malloc_trim``).
+Only where memory comes from changes: the arithmetic, and so the bytes, do
+not.  A process that tunes glibc's malloc itself (``MALLOC_*_`` or
+``GLIBC_TUNABLES`` in its environment), or runs another allocator, is left
+as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import platform
+from typing import Iterator, Optional
+
+__all__ = ["kept_heap"]
+
+# mallopt(3) parameters and glibc's defaults, restored on leaving
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
+_NEVER_TRIM = 2**31 - 1  # bytes of free heap top kept (mallopt takes an int)
+
+_depth = 0
+
+
+def _glibc() -> Optional[ctypes.CDLL]:
+    """The process's glibc, or None where malloc is not glibc's to tune."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    if any(k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in os.environ):
+        return None  # the user's own settings stand
+    libc = ctypes.CDLL(None)
+    if not (hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim")):
+        return None
+    return libc
+
+
+@contextlib.contextmanager
+def kept_heap() -> Iterator[None]:
+    """Large blocks come from the heap and stay there inside (no-op where
+    malloc is not glibc's, or nested)."""
+    global _depth
+    libc = _glibc() if _depth == 0 else None
+    if libc is not None:
+        libc.mallopt(_M_MMAP_MAX, 0)
+        libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM)
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+        if libc is not None:
+            libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+            libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+            libc.malloc_trim(0)
