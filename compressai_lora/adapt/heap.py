@@ -1,16 +1,16 @@
 """Keep freed memory in the process's heap while adapting (Linux, glibc).
 
 Every step allocates the decoder's activations and frees them again.  glibc
-serves a block above its mmap threshold (at most 32 MiB) with a fresh
-mapping and unmaps it on free, so on an image larger than a crop each step
-page-faults and zeroes its large blocks anew: about 2.4 GB a step on a
-768x512 image, 10-15% of its time (docs/RESULTS.md).  Inside
-:func:`kept_heap` such blocks come from the heap and stay there for the next
-step; on leaving, the free pages go back to the system (``malloc_trim``).
-Only where memory comes from changes: the arithmetic, and so the bytes, do
-not.  A process that tunes glibc's malloc itself (``MALLOC_*_`` or
-``GLIBC_TUNABLES`` in its environment), or runs another allocator, is left
-as it is.
+serves a block above its mmap threshold (at most 32 MiB: at N=64, the
+activations of an image of about 0.5 MP and up) with a fresh mapping and
+unmaps it on free, so each step page-faults and zeroes its large blocks
+anew.  Inside :func:`kept_heap` such blocks come from the heap and stay
+there for the next step (a 1024x734 screenshot at the default: 20% faster,
+peak memory 1.6 times, docs/RESULTS.md); on leaving, the free pages go back
+to the system (``malloc_trim``).  Only where memory comes from changes: the
+arithmetic, and so the bytes, do not.  A process that tunes glibc's malloc
+itself (``MALLOC_*_`` or ``GLIBC_TUNABLES`` in its environment), or runs
+another allocator, is left as it is.
 """
 
 from __future__ import annotations

@@ -26,12 +26,13 @@ __all__ = [
 ]
 
 #: Peak bytes per pixel and per channel of N (the model's width) on top of
-#: the model, measured with benchmarks/codec_memory.py (cheng2020-attn, N=64,
-#: see docs/codec.md): decoding 5.1 (1920x1080), encoding with adaptation 21.1
-#: (1024x768; the backward pass keeps the decoder's activations).  The budget
-#: allows about 1.5 times that.
+#: the model: decoding 5.1 (1920x1080, benchmarks/codec_memory.py), encoding
+#: with adaptation 39 (benchmarks/size_speed.py, a 1024x734 screenshot at the
+#: default preset, 2,553 B/px at N=64: the backward pass keeps the decoder's
+#: activations, and the heap keeps freed blocks while adapting, see
+#: adapt/heap.py).  The budget allows about 1.5 and 1.2 times that.
 DECODE_BYTES_PER_CHANNEL = 8
-ENCODE_BYTES_PER_CHANNEL = 32
+ENCODE_BYTES_PER_CHANNEL = 48
 #: image tensors, padding and the output, whatever the model
 FIXED_BYTES_PER_PIXEL = 64
 
