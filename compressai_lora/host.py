@@ -9,6 +9,8 @@ symbol exists) and nowhere else:
 * the entropy models' likelihood functions and medians, which the adaptation
   differentiates through (:func:`bottleneck_medians`,
   :func:`bottleneck_likelihood`, :func:`gaussian_likelihood`);
+* the serial coder of the autoregressive models, whose ``y_hat`` (the one
+  the decoder rebuilds) ``compress`` leaves behind (:func:`coded_y_hat`);
 * the C++ helper that turns a PMF into the coder's integer CDF
   (:func:`integer_cdf`);
 * the names of the entropy models' integer tables (:data:`ENTROPY_BUFFERS`);
@@ -24,10 +26,11 @@ symbol exists) and nowhere else:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib
 import types
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import compressai
 import torch
@@ -44,6 +47,7 @@ __all__ = [
     "bottleneck_likelihood",
     "gaussian_likelihood",
     "integer_cdf",
+    "coded_y_hat",
     "zoo_sizes",
     "zoo_urls",
     "load_pretrained_state",
@@ -72,6 +76,7 @@ PROTECTED = (
     ("compressai.entropy_models", "EntropyBottleneck()._offset"),
     ("compressai.entropy_models", "EntropyBottleneck()._cdf_length"),
     ("compressai._CXX", "pmf_to_quantized_cdf"),
+    ("compressai.models", "JointAutoregressiveHierarchicalPriors._compress_ar"),
     ("compressai.zoo.image", "cfgs"),
     ("compressai.zoo.image", "model_urls"),
     ("compressai.zoo.pretrained", "load_pretrained"),
@@ -137,6 +142,28 @@ def integer_cdf(pmf: list[float], precision: int) -> list[int]:
     from compressai._CXX import pmf_to_quantized_cdf as convert
 
     return convert(pmf, precision)
+
+
+@contextlib.contextmanager
+def coded_y_hat(model: nn.Module) -> Iterator[list[Tensor]]:
+    """Inside, each image that an autoregressive model's ``compress`` codes
+    appends its ``y_hat``: the serial coder writes it position by position
+    into its (padded) input, from the same values the decoder rebuilds it
+    from, so it is the decoder's ``y_hat`` without running the decoder."""
+    seen: list[Tensor] = []
+    code = model._compress_ar
+
+    def coding(y_hat, params, height, width, kernel_size, padding):
+        string = code(y_hat, params, height, width, kernel_size, padding)
+        rows, cols = slice(padding, padding + height), slice(padding, padding + width)
+        seen.append(y_hat[:, :, rows, cols].clone())
+        return string
+
+    model._compress_ar = coding
+    try:
+        yield seen
+    finally:
+        del model._compress_ar
 
 
 def latent_strides(model: nn.Module) -> tuple[int, ...]:

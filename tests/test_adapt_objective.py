@@ -73,6 +73,25 @@ def test_anchored_objective_is_within_2_percent_of_the_real_cost(sample):
     assert abs(anchored / real.J - 1) < 0.02, (anchored, real.J)
 
 
+def test_a_latent_candidate_is_what_the_decoder_gives(lora_model, image):
+    """Its y_hat and x_hat (an autoregressive model's without decoding) are the
+    real decoder's, bit for bit, and its strings are the host's."""
+    hooked = []
+    hook = lora_model.g_s.register_forward_pre_hook(lambda _, a: hooked.append(a[0]))
+    with torch.no_grad():
+        y, z = analyse(lora_model, image)
+        c = latent_candidate(
+            lora_model, "base", Target(image, (0, 0), 0.01, "mse"), image, y, z
+        )
+        hooked.clear()
+        out = lora_model.host_compress(image)
+        x_hat = lora_model.host_decompress(c.strings, c.shape)["x_hat"]
+    hook.remove()
+    assert c.strings == out["strings"]
+    assert torch.equal(c.extra["y_hat"], hooked[-1])
+    assert torch.equal(c.x_hat, x_hat)
+
+
 def test_gate_decisions_are_recorded_and_repeat():
     runs = []
     for _ in range(2):

@@ -10,8 +10,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from .. import update_stream
-from ..latents import fixed_latents
+from .. import host, update_stream
+from ..latents import fixed_latents, is_autoregressive
 from .objective import coded_distortion, crop_to, distortion
 
 __all__ = [
@@ -83,16 +83,23 @@ class Target:
 
 
 def latent_candidate(model, name, target: Target, xp, y, z) -> Candidate:
-    """Code ``y``/``z`` with the host's coder, decode, and cost the image."""
+    """Code ``y``/``z`` with the host's coder and cost the image as decoded:
+    ``g_s`` of the decoder's ``y_hat`` (an autoregressive model's from its
+    serial coder, which builds the decoder's; the others' from decoding)."""
     with torch.no_grad():
-        with fixed_latents(model, y, z):
-            out = model.host_compress(xp)
-        seen = []  # the input of g_s: the y_hat the decoder really used
-        hook = model.g_s.register_forward_pre_hook(lambda _, a: seen.append(a[0]))
-        try:
-            x_hat = model.host_decompress(out["strings"], out["shape"])["x_hat"]
-        finally:
-            hook.remove()
+        if is_autoregressive(model):
+            with fixed_latents(model, y, z), host.coded_y_hat(model) as seen:
+                out = model.host_compress(xp)
+            x_hat = model.g_s(seen[0]).clamp_(0, 1)
+        else:
+            with fixed_latents(model, y, z):
+                out = model.host_compress(xp)
+            seen = []  # the input of g_s: the y_hat the decoder really used
+            hook = model.g_s.register_forward_pre_hook(lambda _, a: seen.append(a[0]))
+            try:
+                x_hat = model.host_decompress(out["strings"], out["shape"])["x_hat"]
+            finally:
+                hook.remove()
     empty = update_stream.encode_update(0, 0, 0, {}, 0)
     c = Candidate(name, out["strings"], out["shape"], empty, x_hat, y, z)
     c.extra["y_hat"] = seen[0].clone()
