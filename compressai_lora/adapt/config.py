@@ -169,10 +169,10 @@ class AdaptConfig:
         return cls().replace(**{**PRESETS[name], **changes})
 
 
-#: default: AdaptConfig's own settings (100 + 25 steps: about 50 s of a 256x256
+#: default: AdaptConfig's own settings (100 + 25 steps: about 45 s of a 256x256
 #: crop on one core, most of it for the refinement, docs/RESULTS.md); fast:
-#: 20 + 30 steps, for previews and tests; medium: 100 + 150 steps (the whole-image
-#: benchmark's schedule); slow: 400 + 350 steps (the default before issue 33);
+#: 20 + 30 steps, for previews and tests; medium: 100 + 150 steps (about 1 point
+#: more for 1.8 times the time); slow: 400 + 350 steps (the default before issue 33);
 #: paper: the paper's 2000 + 2000 steps as ``slow`` continued (same rates and
 #: spans, so its first 400 + 350 steps are slow's).  fast and medium run their
 #: schedules over their own steps.
