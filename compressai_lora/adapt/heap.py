@@ -7,7 +7,10 @@ unmaps it on free, so each step page-faults and zeroes its large blocks
 anew.  Inside :func:`kept_heap` such blocks come from the heap and stay
 there for the next step (a 1024x734 screenshot at the default: 20% faster,
 peak memory 1.6 times, docs/RESULTS.md); on leaving, the free pages go back
-to the system (``malloc_trim``).  Only where memory comes from changes: the
+to the system (``malloc_trim``).  Any ``mallopt`` ends glibc's adjustment of
+its thresholds to the blocks it frees, so on leaving they are set where that
+adjustment ends up in a process of large tensors (mmap above 32 MiB, trim
+above 64 MiB).  Only where memory comes from changes: the
 arithmetic, and so the bytes, do not.  A process that tunes glibc's malloc
 itself (``MALLOC_*_`` or ``GLIBC_TUNABLES`` in its environment), or runs
 another allocator, is left as it is.
@@ -23,9 +26,14 @@ from typing import Iterator, Optional
 
 __all__ = ["kept_heap"]
 
-# mallopt(3) parameters and glibc's defaults, restored on leaving
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
+# mallopt(3) parameters, and their values on leaving: glibc's default
+# (M_MMAP_MAX) or the end of its own adjustment (the thresholds)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+_LEAVE = {
+    _M_MMAP_MAX: 65536,
+    _M_MMAP_THRESHOLD: 32 * 2**20,
+    _M_TRIM_THRESHOLD: 64 * 2**20,
+}
 _NEVER_TRIM = 2**31 - 1  # bytes of free heap top kept (mallopt takes an int)
 
 _depth = 0
@@ -58,6 +66,6 @@ def kept_heap() -> Iterator[None]:
     finally:
         _depth -= 1
         if libc is not None:
-            libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-            libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+            for param, value in _LEAVE.items():
+                libc.mallopt(param, value)
             libc.malloc_trim(0)
