@@ -149,8 +149,10 @@ def coded_y_hat(model: nn.Module) -> Iterator[list[Tensor]]:
     """Inside, each image that an autoregressive model's ``compress`` codes
     appends its ``y_hat``: the serial coder writes it position by position
     into its (padded) input, from the same values the decoder rebuilds it
-    from, so it is the decoder's ``y_hat`` without running the decoder."""
+    from, so it is the decoder's ``y_hat`` without running the decoder.
+    Patches ``model`` (one thread at a time)."""
     seen: list[Tensor] = []
+    before = model.__dict__.get("_compress_ar")
     code = model._compress_ar
 
     def coding(y_hat, params, height, width, kernel_size, padding):
@@ -163,7 +165,10 @@ def coded_y_hat(model: nn.Module) -> Iterator[list[Tensor]]:
     try:
         yield seen
     finally:
-        del model._compress_ar
+        if before is None:
+            del model._compress_ar
+        else:
+            model._compress_ar = before
 
 
 def latent_strides(model: nn.Module) -> tuple[int, ...]:

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from test_determinism import _image, _model  # noqa: E402  (same directory)
 
+from compressai_lora import host
 from compressai_lora.adapt import AdaptConfig
 from compressai_lora.adapt.candidates import Target, latent_candidate
 from compressai_lora.adapt.objective import distortion, rate_bpp
@@ -73,9 +74,10 @@ def test_anchored_objective_is_within_2_percent_of_the_real_cost(sample):
     assert abs(anchored / real.J - 1) < 0.02, (anchored, real.J)
 
 
-def test_a_latent_candidate_is_what_the_decoder_gives(lora_model, image):
+def test_a_latent_candidate_is_what_the_decoder_gives(lora_model):
     """Its y_hat and x_hat (an autoregressive model's without decoding) are the
     real decoder's, bit for bit, and its strings are the host's."""
+    image = torch.rand(1, 3, 64, 128, generator=torch.Generator().manual_seed(0))
     hooked = []
     hook = lora_model.g_s.register_forward_pre_hook(lambda _, a: hooked.append(a[0]))
     with torch.no_grad():
@@ -90,6 +92,22 @@ def test_a_latent_candidate_is_what_the_decoder_gives(lora_model, image):
     assert c.strings == out["strings"]
     assert torch.equal(c.extra["y_hat"], hooked[-1])
     assert torch.equal(c.x_hat, x_hat)
+
+
+@pytest.mark.parametrize("name", AR)
+def test_the_serial_coder_leaves_each_images_decoder_y_hat(name):
+    model = _model(name)
+    x = torch.rand(2, 3, 64, 128, generator=torch.Generator().manual_seed(1))
+    hooked = []
+    hook = model.g_s.register_forward_pre_hook(lambda _, a: hooked.append(a[0]))
+    with torch.no_grad():
+        with host.coded_y_hat(model) as seen, host.coded_y_hat(model) as inner:
+            out = model.host_compress(x)
+        model.host_decompress(out["strings"], out["shape"])
+    hook.remove()
+    assert len(seen) == len(inner) == 2  # nested: both see each image
+    assert torch.equal(torch.cat(seen), hooked[-1])
+    assert "_compress_ar" not in vars(model)  # unpatched
 
 
 def test_gate_decisions_are_recorded_and_repeat():

@@ -1,6 +1,7 @@
 """Large blocks stay in the heap while adapting, and only then."""
 
 import resource
+import threading
 
 import pytest
 import torch
@@ -49,3 +50,11 @@ def test_a_freed_block_is_reused_without_faults_inside_and_given_back_after():
 def test_a_process_that_tunes_malloc_is_left_alone(monkeypatch):
     monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
     assert heap._glibc() is None
+
+
+def test_only_the_main_thread_keeps_the_heap():
+    found = []
+    worker = threading.Thread(target=lambda: found.append(heap._glibc()))
+    worker.start()
+    worker.join()
+    assert found == [None]

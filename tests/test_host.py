@@ -11,7 +11,8 @@ from compressai_lora import host
 
 PACKAGE = Path(__file__).resolve().parents[1] / "compressai_lora"
 INTERNALS = re.compile(
-    r"_get_medians|\._compress_ar|\._likelihood|_CXX|_quantized_cdf|_cdf_length|_offset\b"
+    r"_get_medians|\._compress_ar|\._likelihood|_CXX|_quantized_cdf|_cdf_length"
+    r"|_offset\b"
     r"|compressai.utils.eval_model.__main__|\._actions"
 )
 

@@ -90,6 +90,7 @@ def latent_candidate(model, name, target: Target, xp, y, z) -> Candidate:
         if is_autoregressive(model):
             with fixed_latents(model, y, z), host.coded_y_hat(model) as seen:
                 out = model.host_compress(xp)
+            seen = [torch.cat(seen)]
             x_hat = model.g_s(seen[0]).clamp_(0, 1)
         else:
             with fixed_latents(model, y, z):
@@ -102,7 +103,7 @@ def latent_candidate(model, name, target: Target, xp, y, z) -> Candidate:
                 hook.remove()
     empty = update_stream.encode_update(0, 0, 0, {}, 0)
     c = Candidate(name, out["strings"], out["shape"], empty, x_hat, y, z)
-    c.extra["y_hat"] = seen[0].clone()
+    c.extra["y_hat"] = seen[0]
     return target.cost(c)
 
 

@@ -11,9 +11,12 @@ to the system (``malloc_trim``).  Any ``mallopt`` ends glibc's adjustment of
 its thresholds to the blocks it frees, so on leaving they are set where that
 adjustment ends up in a process of large tensors (mmap above 32 MiB, trim
 above 64 MiB).  Only where memory comes from changes: the
-arithmetic, and so the bytes, do not.  A process that tunes glibc's malloc
-itself (``MALLOC_*_`` or ``GLIBC_TUNABLES`` in its environment), or runs
-another allocator, is left as it is.
+arithmetic, and so the bytes, do not.  The settings are the process's: a
+process that tunes glibc's malloc in its environment (``MALLOC_*_``,
+``GLIBC_TUNABLES``) is left as it is, settings made with ``mallopt`` at run
+time are not kept, and another allocator preloaded in glibc's place is not
+detected (the calls change nothing there).  Only the main thread's adaptation
+keeps the heap: other threads allocate from arenas of their own.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import contextlib
 import ctypes
 import os
 import platform
+import threading
 from typing import Iterator, Optional
 
 __all__ = ["kept_heap"]
@@ -43,6 +47,8 @@ def _glibc() -> Optional[ctypes.CDLL]:
     """The process's glibc, or None where malloc is not glibc's to tune."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
+    if threading.current_thread() is not threading.main_thread():
+        return None  # its arena is not the heap these settings keep
     if any(k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in os.environ):
         return None  # the user's own settings stand
     libc = ctypes.CDLL(None)

@@ -7,7 +7,8 @@ pixels, so such a file is refused at once instead of exhausting memory.
 
 The default budget is what fits in this machine's available memory (and the
 process's address-space limit, if one is set), at the peak bytes per pixel
-measured by ``benchmarks/codec_memory.py`` with a safety margin.
+measured by ``benchmarks/codec_memory.py`` (decoding) and
+``benchmarks/size_speed.py`` (encoding) with a safety margin.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ __all__ = [
 #: Peak bytes per pixel and per channel of N (the model's width) on top of
 #: the model: decoding 5.1 (1920x1080, benchmarks/codec_memory.py), encoding
 #: with adaptation 39 (benchmarks/size_speed.py, a 1024x734 screenshot at the
-#: default preset, 2,553 B/px at N=64: the backward pass keeps the decoder's
-#: activations, and the heap keeps freed blocks while adapting, see
-#: adapt/heap.py).  The budget allows about 1.5 and 1.2 times that.
+#: default preset: 2,553 B/px at N=64, less the fixed 64, over 64 channels;
+#: the backward pass keeps the decoder's activations, and the heap keeps
+#: freed blocks while adapting, see adapt/heap.py).  The budget allows about
+#: 1.5 and 1.2 times that.
 DECODE_BYTES_PER_CHANNEL = 8
 ENCODE_BYTES_PER_CHANNEL = 48
 #: image tensors, padding and the output, whatever the model
