@@ -90,8 +90,8 @@ def latent_candidate(model, name, target: Target, xp, y, z) -> Candidate:
         if is_autoregressive(model):
             with fixed_latents(model, y, z), host.coded_y_hat(model) as seen:
                 out = model.host_compress(xp)
-            seen = [torch.cat(seen)]
-            x_hat = model.g_s(seen[0]).clamp_(0, 1)
+            y_hat = torch.cat(seen)
+            x_hat = model.g_s(y_hat).clamp_(0, 1)
         else:
             with fixed_latents(model, y, z):
                 out = model.host_compress(xp)
@@ -101,9 +101,10 @@ def latent_candidate(model, name, target: Target, xp, y, z) -> Candidate:
                 x_hat = model.host_decompress(out["strings"], out["shape"])["x_hat"]
             finally:
                 hook.remove()
+            y_hat = seen[0]
     empty = update_stream.encode_update(0, 0, 0, {}, 0)
     c = Candidate(name, out["strings"], out["shape"], empty, x_hat, y, z)
-    c.extra["y_hat"] = seen[0]
+    c.extra["y_hat"] = y_hat
     return target.cost(c)
 
 
